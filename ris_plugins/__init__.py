@@ -1,0 +1,14 @@
+"""ris_plugins: Referring Image Segmentation for MMSegmentation 1.x.
+
+Importing the package registers every component into mmseg's registries
+and makes mmengine checkpoints load safely with ``weights_only=True``
+(see :mod:`ris_plugins.utils.safe_checkpoint`).
+"""
+from .utils import safe_checkpoint
+from .version import __version__
+
+safe_checkpoint.install()
+
+from . import datasets, evaluation, models  # noqa: E402,F401
+
+__all__ = ['__version__']

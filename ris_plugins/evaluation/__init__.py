@@ -1,0 +1,3 @@
+from .metrics import RefSegMetric, summarize
+
+__all__ = ['RefSegMetric', 'summarize']

@@ -1,0 +1,3 @@
+from .refseg_metric import RefSegMetric, summarize
+
+__all__ = ['RefSegMetric', 'summarize']

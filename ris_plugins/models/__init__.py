@@ -1,0 +1,3 @@
+from .fusion import *  # noqa: F401,F403
+from .segmentors import *  # noqa: F401,F403
+from .text_encoders import *  # noqa: F401,F403

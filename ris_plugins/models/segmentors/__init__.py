@@ -1,0 +1,3 @@
+from .ref_segmentor import RefSegmentor
+
+__all__ = ['RefSegmentor']

@@ -1,0 +1,132 @@
+"""The generic referring segmentor: image + sentence -> mask."""
+from typing import List, Optional, Tuple
+
+import torch
+from mmengine.logging import print_log
+from torch import Tensor
+
+from mmseg.models.segmentors import BaseSegmentor
+from mmseg.models.utils import resize
+from mmseg.registry import MODELS
+from mmseg.utils import (ConfigType, OptConfigType, OptMultiConfig,
+                         SampleList, add_prefix)
+from ..text_encoders import TextFeatures
+
+
+@MODELS.register_module()
+class RefSegmentor(BaseSegmentor):
+    """Referring image segmentation as an mmseg segmentor.
+
+    ``backbone(img)`` -> visual levels; ``text_encoder(tokens, mask)`` ->
+    :class:`TextFeatures`; ``fusion(visual, text)`` -> fused levels;
+    optional ``neck``; ``decode_head`` -> logits. Any registered module of
+    mmseg, mmpretrain (``type='mmpretrain.X'``) or this plugin fits each
+    slot.
+
+    Text comes pre-tokenized in each data sample's metainfo
+    (``text_tokens`` and ``text_mask``, (L,) each, from ``TokenizeText``).
+    ``predict`` returns :class:`SegDataSample` with ``seg_logits`` and
+    ``pred_sem_seg`` at ``ori_shape``, through mmseg's
+    ``postprocess_result`` (letterbox padding in ``img_padding_size`` is
+    cropped first; 1-channel heads use sigmoid > ``decode_head.threshold``,
+    2-channel heads argmax).
+
+    Args:
+        backbone (dict): Visual backbone config.
+        text_encoder (dict): Text encoder config.
+        fusion (dict): Fusion config; called as ``fusion(visual, text)``.
+        decode_head (dict): mmseg decode head config.
+        neck (dict, optional): Neck applied to the fused levels.
+        train_cfg, test_cfg (dict, optional): Passed to the head.
+        data_preprocessor (dict, optional): e.g. ``SegDataPreProcessor``.
+        init_cfg (dict, optional): Initialisation config.
+
+    Raises:
+        ValueError: ``data_samples`` without ``text_tokens`` (every mode
+            needs the sentence).
+    """
+
+    def __init__(self,
+                 backbone: ConfigType,
+                 text_encoder: ConfigType,
+                 fusion: ConfigType,
+                 decode_head: ConfigType,
+                 neck: OptConfigType = None,
+                 train_cfg: OptConfigType = None,
+                 test_cfg: OptConfigType = None,
+                 data_preprocessor: OptConfigType = None,
+                 init_cfg: OptMultiConfig = None) -> None:
+        super().__init__(
+            data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.backbone = MODELS.build(backbone)
+        self.text_encoder = MODELS.build(text_encoder)
+        self.fusion = MODELS.build(fusion)
+        if neck is not None:
+            self.neck = MODELS.build(neck)
+        self.decode_head = MODELS.build(decode_head)
+        self.align_corners = self.decode_head.align_corners
+        self.num_classes = self.decode_head.num_classes
+        self.out_channels = self.decode_head.out_channels
+        self.train_cfg = train_cfg
+        self.test_cfg = test_cfg
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters()
+                        if p.requires_grad)
+        print_log(
+            f'RefSegmentor: {total / 1e6:.2f}M parameters, '
+            f'{trainable / 1e6:.2f}M trainable', logger='current')
+
+    def encode_text(self, data_samples: SampleList) -> TextFeatures:
+        """Stack the samples' ``text_tokens`` / ``text_mask`` (each (L,))
+        into (B, L) and run the text encoder."""
+        if not data_samples or 'text_tokens' not in data_samples[0]:
+            raise ValueError(
+                'RefSegmentor needs data_samples whose metainfo holds '
+                "'text_tokens' and 'text_mask' (add TokenizeText to the "
+                'pipeline and list both in PackSegInputs.meta_keys)')
+        device = next(self.parameters()).device
+        tokens = torch.stack([
+            torch.as_tensor(ds.text_tokens) for ds in data_samples
+        ]).to(device)  # (B, L)
+        mask = torch.stack([
+            torch.as_tensor(ds.text_mask) for ds in data_samples
+        ]).to(device)  # (B, L)
+        return self.text_encoder(tokens, mask)
+
+    def extract_feat(self, inputs: Tensor,
+                     data_samples: SampleList) -> Tuple[Tensor, ...]:
+        """Fused multi-level features for images (B, 3, H, W)."""
+        visual = self.backbone(inputs)
+        text = self.encode_text(data_samples)
+        x = self.fusion(visual, text)
+        if self.with_neck:
+            x = self.neck(x)
+        return x
+
+    def encode_decode(self, inputs: Tensor,
+                      data_samples: SampleList) -> Tensor:
+        """Logits (B, out_channels, H, W) at the input size."""
+        logits = self.decode_head(self.extract_feat(inputs, data_samples))
+        return resize(
+            logits,
+            size=inputs.shape[2:],
+            mode='bilinear',
+            align_corners=self.align_corners)
+
+    def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
+        """Head losses for images (B, 3, H, W) and their gt_sem_seg."""
+        x = self.extract_feat(inputs, data_samples)
+        losses = self.decode_head.loss(x, data_samples, self.train_cfg)
+        return add_prefix(losses, 'decode')
+
+    def predict(self, inputs: Tensor,
+                data_samples: Optional[SampleList] = None) -> SampleList:
+        """Predictions at each sample's ``ori_shape`` (see class doc)."""
+        logits = self.encode_decode(inputs, data_samples)
+        return self.postprocess_result(logits, data_samples)
+
+    def _forward(self,
+                 inputs: Tensor,
+                 data_samples: Optional[SampleList] = None) -> Tensor:
+        """Raw head output (B, out_channels, h, w) (``mode='tensor'``)."""
+        return self.decode_head(self.extract_feat(inputs, data_samples))

@@ -1,0 +1,3 @@
+from .pretrained import resolve_pretrained
+
+__all__ = ['resolve_pretrained']

