@@ -12,7 +12,7 @@ register_all_modules(init_default_scope=True)
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CFG = osp.join(
     ROOT, 'configs', 'demo',
-    'ris-baseline_r18-minilm_1xb16-1500i_refshapes-160x160.py')
+    'ris-baseline_r18-minilm_1xb16-2k_refshapes-160x160.py')
 
 
 def load_generator():

@@ -19,7 +19,7 @@ from typing import Dict, List
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(ROOT, 'configs', 'demo',
-                  'ris-baseline_r18-minilm_1xb16-1500i_refshapes-160x160.py')
+                  'ris-baseline_r18-minilm_1xb16-2k_refshapes-160x160.py')
 CONTROL = CONFIG.replace('.py', '_shuffled-text.py')
 METRICS = ('oIoU', 'mIoU', 'Pr@0.5', 'Pr@0.6', 'Pr@0.7', 'Pr@0.8',
            'Pr@0.9')

@@ -17,11 +17,14 @@ from ..text_encoders import TextFeatures
 class RefSegmentor(BaseSegmentor):
     """Referring image segmentation as an mmseg segmentor.
 
-    ``backbone(img)`` -> visual levels; ``text_encoder(tokens, mask)`` ->
-    :class:`TextFeatures`; ``fusion(visual, text)`` -> fused levels;
-    optional ``neck``; ``decode_head`` -> logits. Any registered module of
-    mmseg, mmpretrain (``type='mmpretrain.X'``) or this plugin fits each
-    slot.
+    ``text_encoder(tokens, mask)`` -> :class:`TextFeatures`;
+    ``backbone(img)`` -> visual levels (or ``backbone(img, text)`` for a
+    backbone with ``takes_text = True``, such as LAVT's Swin with PWAM);
+    ``fusion(visual, text)`` -> head inputs (optional: without it the
+    visual levels go on unchanged); optional ``neck``; ``decode_head`` ->
+    logits. Any registered module of mmseg, mmpretrain
+    (``type='mmpretrain.X'``) or this plugin fits each slot. A fusion may
+    hand the text on to the head by returning it inside the head inputs.
 
     Text comes pre-tokenized in each data sample's metainfo
     (``text_tokens`` and ``text_mask``, (L,) each, from ``TokenizeText``).
@@ -34,7 +37,8 @@ class RefSegmentor(BaseSegmentor):
     Args:
         backbone (dict): Visual backbone config.
         text_encoder (dict): Text encoder config.
-        fusion (dict): Fusion config; called as ``fusion(visual, text)``.
+        fusion (dict, optional): Fusion config; called as
+            ``fusion(visual, text)``.
         decode_head (dict): mmseg decode head config.
         neck (dict, optional): Neck applied to the fused levels.
         train_cfg, test_cfg (dict, optional): Passed to the head.
@@ -49,8 +53,8 @@ class RefSegmentor(BaseSegmentor):
     def __init__(self,
                  backbone: ConfigType,
                  text_encoder: ConfigType,
-                 fusion: ConfigType,
                  decode_head: ConfigType,
+                 fusion: OptConfigType = None,
                  neck: OptConfigType = None,
                  train_cfg: OptConfigType = None,
                  test_cfg: OptConfigType = None,
@@ -60,7 +64,7 @@ class RefSegmentor(BaseSegmentor):
             data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.backbone = MODELS.build(backbone)
         self.text_encoder = MODELS.build(text_encoder)
-        self.fusion = MODELS.build(fusion)
+        self.fusion = MODELS.build(fusion) if fusion is not None else None
         if neck is not None:
             self.neck = MODELS.build(neck)
         self.decode_head = MODELS.build(decode_head)
@@ -95,10 +99,14 @@ class RefSegmentor(BaseSegmentor):
 
     def extract_feat(self, inputs: Tensor,
                      data_samples: SampleList) -> Tuple[Tensor, ...]:
-        """Fused multi-level features for images (B, 3, H, W)."""
-        visual = self.backbone(inputs)
+        """Head inputs for images (B, 3, H, W) (see class doc)."""
         text = self.encode_text(data_samples)
-        x = self.fusion(visual, text)
+        if getattr(self.backbone, 'takes_text', False):
+            x = self.backbone(inputs, text)
+        else:
+            x = self.backbone(inputs)
+        if self.fusion is not None:
+            x = self.fusion(x, text)
         if self.with_neck:
             x = self.neck(x)
         return x

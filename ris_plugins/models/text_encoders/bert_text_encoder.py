@@ -1,5 +1,5 @@
 """BERT-family text encoder on ``transformers.BertModel``."""
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from mmengine.model import BaseModule
@@ -32,11 +32,17 @@ class BertTextEncoder(BaseModule):
             (sentence-transformers' MiniLM), ``'cls'`` (the [CLS] word
             feature), or ``'pooler'`` (BERT's tanh pooler on [CLS]).
         frozen (bool): Freeze all weights and keep the model in eval mode.
+        trainable_layers (Sequence[int], optional): Train only these encoder
+            layers (0-based); embeddings, the other layers and the pooler
+            are frozen (e.g. ``range(10)`` for LAVT, whose optimizer holds
+            BERT layers 0-9 only). Dropout stays active. None: train all
+            (unless ``frozen``).
         init_cfg (dict, optional): Unused; weights come from ``pretrained``.
 
     Raises:
-        ValueError: Unknown ``sentence_pooling``, or neither ``pretrained``
-            nor ``config`` given.
+        ValueError: Unknown ``sentence_pooling``, neither ``pretrained``
+            nor ``config`` given, or a ``trainable_layers`` index outside
+            the model's layers.
         FileNotFoundError: ``pretrained`` cannot be found.
     """
 
@@ -45,6 +51,7 @@ class BertTextEncoder(BaseModule):
                  config: Optional[dict] = None,
                  sentence_pooling: str = 'mean',
                  frozen: bool = False,
+                 trainable_layers: Optional[Sequence[int]] = None,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if sentence_pooling not in POOLINGS:
@@ -67,6 +74,18 @@ class BertTextEncoder(BaseModule):
         if frozen:
             self.bert.requires_grad_(False)
             self.bert.eval()
+        elif trainable_layers is not None:
+            self._train_only(trainable_layers)
+
+    def _train_only(self, layers: Sequence[int]) -> None:
+        num = self.bert.config.num_hidden_layers
+        bad = [i for i in layers if not 0 <= i < num]
+        if bad:
+            raise ValueError(f'trainable_layers {bad} out of range; the '
+                             f'model has layers 0..{num - 1}')
+        self.bert.requires_grad_(False)
+        for i in layers:
+            self.bert.encoder.layer[i].requires_grad_(True)
 
     @property
     def vocab_size(self) -> int:

@@ -2,7 +2,7 @@
 _base_ = [
     '../_base_/models/ris_baseline_r18_minilm.py',
     '../_base_/datasets/refshapes.py', '../_base_/default_runtime.py',
-    '../_base_/schedules/schedule_1500i_adamw.py'
+    '../_base_/schedules/schedule_2k_adamw.py'
 ]
 img_scale = (160, 160)
 tokenizer = {{_base_.tokenizer}}

@@ -1,10 +1,10 @@
-# 1.5k iterations of AdamW with linear warm-up and poly decay, validating at
+# 2k iterations of AdamW with linear warm-up and poly decay, validating at
 # the end (a short schedule for RefShapes on CPU).
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=2e-3, weight_decay=1e-4),
     clip_grad=dict(max_norm=5.0))
-max_iters = 1500
+max_iters = 2000
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
          end=100),

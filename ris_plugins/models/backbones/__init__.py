@@ -1,0 +1,3 @@
+from .multimodal_swin import MultiModalSwin
+
+__all__ = ['MultiModalSwin']

@@ -1,0 +1,3 @@
+from .lavt_head import LAVTHead
+
+__all__ = ['LAVTHead']
