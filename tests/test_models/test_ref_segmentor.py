@@ -35,12 +35,14 @@ def tiny_model(**overrides):
     return model
 
 
-def samples(batch, size=64, ori=(50, 100), pad=(0, 0, 18, 18), seed=0):
+def samples(batch, size=64, ori=(50, 100), pad=(0, 0, 18, 18), seed=0,
+            length=8):
+    """Data samples with random BERT-style tokens (2 padding positions)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(batch):
-        tokens = torch.randint(1000, 2000, (8, ), generator=g)
-        tokens[0], tokens[6:] = 101, 0
+        tokens = torch.randint(1000, 2000, (length, ), generator=g)
+        tokens[0], tokens[length - 2:] = 101, 0
         ds = SegDataSample(metainfo=dict(
             text_tokens=tokens, text_mask=(tokens != 0).long(),
             ori_shape=ori, img_shape=(size, size), pad_shape=(size, size),

@@ -49,6 +49,12 @@ class MultiModalSwin(SwinTransformer):
             PWAM(c, text_channels, h, pwam_dropout)
             for c, h in zip(self.num_features, pwam_heads))
 
+    def train(self, mode: bool = True) -> 'MultiModalSwin':
+        """mmpretrain's ``SwinTransformer.train`` returns None; return
+        ``self`` as ``nn.Module.train`` does, so ``.eval()`` chains."""
+        super().train(mode)
+        return self
+
     def forward(self, x: Tensor, text: TextFeatures) -> Tuple[Tensor, ...]:
         """Images (B, 3, H, W) and text -> ``norm{i}(F_i)`` (B, C_i, H/2^(i+2),
         W/2^(i+2)) for i in ``out_indices``."""
