@@ -98,6 +98,13 @@ def test_full_size_parameter_counts():
     head = LAVTHead(in_channels=[128, 256, 512, 1024], channels=512,
                     num_classes=2)
     assert sum(p.numel() for p in head.parameters()) == 20_651_010
+    bert = BertTextEncoder(
+        config=dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                    num_attention_heads=12, intermediate_size=3072),
+        sentence_pooling='cls', trainable_layers=range(10))
+    assert sum(p.numel() for p in bert.parameters()) == 108_891_648
+    assert sum(p.numel() for p in bert.parameters()
+               if p.requires_grad) == 70_878_720
 
 
 def test_bert_trainable_layers():
