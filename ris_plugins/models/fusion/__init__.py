@@ -1,4 +1,5 @@
+from .cris_fpn import CRISFPN
 from .language_gated_fusion import LanguageGatedFusion, coord_features
 from .pwam import PWAM
 
-__all__ = ['LanguageGatedFusion', 'PWAM', 'coord_features']
+__all__ = ['CRISFPN', 'LanguageGatedFusion', 'PWAM', 'coord_features']

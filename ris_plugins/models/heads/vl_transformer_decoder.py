@@ -1,0 +1,225 @@
+"""CRIS's vision-language transformer decoder (``model/layers.py``
+``TransformerDecoder`` / ``TransformerDecoderLayer``), shared by the CLIP
+family (CRIS, ETRIS, BarLeRIa)."""
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+
+def _frequencies(dim: int, device: torch.device) -> Tensor:
+    """exp(-log(1e4) * 2k / dim), k = 0 .. dim/2 - 1: (dim / 2,)."""
+    return torch.exp(
+        torch.arange(0, dim, 2, dtype=torch.float32, device=device) *
+        (-math.log(10000.0) / dim))
+
+
+def sine_pos_1d(length: int, dim: int,
+                device: Optional[torch.device] = None) -> Tensor:
+    """1-D sine positional encoding of CRIS's word tokens (``pos1d``).
+
+    Channel 2k holds sin(p * f_k) and channel 2k + 1 cos(p * f_k) for
+    position p and f_k = 10000^(-2k / dim).
+
+    Args:
+        length (int): L, number of positions.
+        dim (int): D, even.
+        device (torch.device, optional): Output device.
+
+    Returns:
+        Tensor: (L, D) float32.
+
+    Raises:
+        ValueError: ``dim`` is odd.
+    """
+    if dim % 2:
+        raise ValueError(f'1-D sine encoding needs an even dim, got {dim}')
+    pos = torch.arange(length, dtype=torch.float32, device=device)[:, None]
+    angles = pos * _frequencies(dim, device)  # (L, D/2)
+    pe = torch.stack([angles.sin(), angles.cos()], dim=-1)  # (L, D/2, 2)
+    return pe.flatten(1)  # (L, D): sin, cos interleaved
+
+
+def sine_pos_2d(height: int, width: int, dim: int,
+                device: Optional[torch.device] = None) -> Tensor:
+    """2-D sine positional encoding of CRIS's visual tokens (``pos2d``).
+
+    The first D/2 channels encode the column (x) and the last D/2 the row
+    (y), each as a 1-D encoding of width D/2 (sin / cos interleaved with
+    frequencies 10000^(-2k / (D/2))).
+
+    Args:
+        height (int): H.
+        width (int): W.
+        dim (int): D, a multiple of 4.
+        device (torch.device, optional): Output device.
+
+    Returns:
+        Tensor: (H * W, D) float32, rows in row-major (h, w) order.
+
+    Raises:
+        ValueError: ``dim`` is not a multiple of 4.
+    """
+    if dim % 4:
+        raise ValueError(f'2-D sine encoding needs dim % 4 == 0, got {dim}')
+    half = dim // 2
+    pe_x = sine_pos_1d(width, half, device)  # (W, D/2)
+    pe_y = sine_pos_1d(height, half, device)  # (H, D/2)
+    pe = torch.cat([
+        pe_x[None].expand(height, width, half),
+        pe_y[:, None].expand(height, width, half)
+    ], dim=-1)  # (H, W, D)
+    return pe.reshape(height * width, dim)
+
+
+class VLTransformerDecoderLayer(nn.Module):
+    """One CRIS decoder layer on visual tokens v (N, B, D) and words w
+    (L, B, D_t) (sequence-first), with positional encodings p_v, p_w::
+
+        v += Drop(LN(SelfAttn(q=k=LN1(v) + p_v, value=LN1(v))))
+        v += Drop(LN(CrossAttn(q=LN2(v) + p_v, k=w + p_w, value=w,
+                               key_padding_mask)))
+        v += Drop(FFN(LN3(v)))
+
+    with FFN = Linear(D, F) -> ReLU -> Drop -> LayerNorm(F) -> Linear(F, D).
+    Attention is ``nn.MultiheadAttention`` with attention dropout.
+    Source: CRIS ``model/layers.py`` ``TransformerDecoderLayer``.
+
+    Args:
+        dim (int): D, visual token width (CRIS: 512).
+        num_heads (int): Attention heads (CRIS: 8).
+        ffn_dim (int): F, FFN hidden width (CRIS: 2048).
+        dropout (float): Dropout probability (CRIS: 0.1).
+        text_dim (int, optional): D_t, word width; default D.
+    """
+
+    def __init__(self,
+                 dim: int = 512,
+                 num_heads: int = 8,
+                 ffn_dim: int = 2048,
+                 dropout: float = 0.1,
+                 text_dim: Optional[int] = None) -> None:
+        super().__init__()
+        text_dim = text_dim or dim
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, num_heads,
+                                               dropout=dropout)
+        self.self_attn_norm = nn.LayerNorm(dim)
+        self.cross_attn = nn.MultiheadAttention(
+            dim, num_heads, dropout=dropout, kdim=text_dim, vdim=text_dim)
+        self.cross_attn_norm = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout),
+            nn.LayerNorm(ffn_dim), nn.Linear(ffn_dim, dim))
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def forward(self, vis: Tensor, words: Tensor, vis_pos: Tensor,
+                word_pos: Tensor, pad_mask: Optional[Tensor]) -> Tensor:
+        """Update the visual tokens.
+
+        Args:
+            vis (Tensor): (N, B, D) visual tokens.
+            words (Tensor): (L, B, D_t) word features.
+            vis_pos (Tensor): (N, 1, D) visual positional encoding.
+            word_pos (Tensor): (L, 1, D_t) word positional encoding.
+            pad_mask (Tensor, optional): (B, L) bool, True at padding.
+
+        Returns:
+            Tensor: (N, B, D).
+        """
+        x = self.norm1(vis)  # (N, B, D)
+        qk = x + vis_pos
+        x = self.self_attn(qk, qk, value=x, need_weights=False)[0]
+        vis = vis + self.dropout1(self.self_attn_norm(x))  # (N, B, D)
+        x = self.norm2(vis)
+        x = self.cross_attn(
+            query=x + vis_pos,
+            key=words + word_pos,
+            value=words,
+            key_padding_mask=pad_mask,
+            need_weights=False)[0]  # (N, B, D)
+        vis = vis + self.dropout2(self.cross_attn_norm(x))
+        return vis + self.dropout3(self.ffn(self.norm3(vis)))  # (N, B, D)
+
+
+class VLTransformerDecoder(nn.Module):
+    """CRIS's vision-language decoder: ``num_layers`` x
+    :class:`VLTransformerDecoderLayer` then a final LayerNorm(D); the sine
+    positional encodings (2-D for pixels, 1-D for words) are recomputed for
+    each input size.
+
+    Source: CRIS ``model/layers.py`` ``TransformerDecoder``
+    (``return_intermediate=False``); ``shared/docs/ris_methods.md`` 2.4.
+    RN50 configuration (3 layers, D 512, 8 heads, F 2048): 12,631,552
+    parameters.
+
+    Args:
+        num_layers (int): Number of layers (CRIS: 3).
+        dim (int): D (CRIS: 512).
+        num_heads (int): Heads (CRIS: 8).
+        ffn_dim (int): F (CRIS: 2048).
+        dropout (float): Dropout (CRIS: 0.1).
+        text_dim (int, optional): D_t, word width; default D.
+
+    Raises:
+        ValueError: ``num_layers < 1``; at forward, inputs whose widths do
+            not match ``dim`` / ``text_dim``.
+    """
+
+    def __init__(self,
+                 num_layers: int = 3,
+                 dim: int = 512,
+                 num_heads: int = 8,
+                 ffn_dim: int = 2048,
+                 dropout: float = 0.1,
+                 text_dim: Optional[int] = None) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f'num_layers must be >= 1, got {num_layers}')
+        self.dim = dim
+        self.text_dim = text_dim or dim
+        self.layers = nn.ModuleList(
+            VLTransformerDecoderLayer(dim, num_heads, ffn_dim, dropout,
+                                      self.text_dim)
+            for _ in range(num_layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def _check(self, vis: Tensor, words: Tensor) -> None:
+        if vis.shape[1] != self.dim or words.shape[-1] != self.text_dim:
+            raise ValueError(
+                f'VLTransformerDecoder expects visual width {self.dim} and '
+                f'word width {self.text_dim}, got {vis.shape[1]} and '
+                f'{words.shape[-1]}')
+
+    def forward(self, vis: Tensor, words: Tensor,
+                pad_mask: Optional[Tensor] = None) -> Tensor:
+        """Decode.
+
+        Args:
+            vis (Tensor): (B, D, H, W) visual map.
+            words (Tensor): (B, L, D_t) word features.
+            pad_mask (Tensor, optional): (B, L) bool, True at padding
+                (``key_padding_mask`` of the cross-attention).
+
+        Returns:
+            Tensor: (B, D, H, W).
+        """
+        self._check(vis, words)
+        b, d, h, w = vis.shape
+        vis_pos = sine_pos_2d(h, w, d, vis.device).to(vis.dtype)[:, None]
+        word_pos = sine_pos_1d(words.shape[1], self.text_dim,
+                               words.device).to(words.dtype)[:, None]
+        x = vis.flatten(2).permute(2, 0, 1)  # (H*W, B, D)
+        txt = words.transpose(0, 1)  # (L, B, D_t)
+        for layer in self.layers:
+            x = layer(x, txt, vis_pos, word_pos, pad_mask)  # (H*W, B, D)
+        x = self.norm(x)  # (H*W, B, D)
+        return x.permute(1, 2, 0).reshape(b, d, h, w)  # (B, D, H, W)
+
+
