@@ -15,10 +15,12 @@ DEMO_CFG = osp.join(
     'ris-baseline_r18-minilm_1xb16-2k_refshapes-160x160.py')
 
 
-def load_generator():
-    """Import tools/dataset_converters/make_refshapes.py as a module."""
-    path = osp.join(ROOT, 'tools', 'dataset_converters', 'make_refshapes.py')
-    spec = importlib.util.spec_from_file_location('make_refshapes', path)
+def load_tool(relpath: str):
+    """Import a script under tools/ (e.g. 'model_converters/lavt_to_ris.py')
+    as a module."""
+    path = osp.join(ROOT, 'tools', relpath)
+    name = osp.splitext(osp.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -26,7 +28,7 @@ def load_generator():
 
 @pytest.fixture(scope='session')
 def make_refshapes():
-    return load_generator()
+    return load_tool('dataset_converters/make_refshapes.py')
 
 
 @pytest.fixture(scope='session')

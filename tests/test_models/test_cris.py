@@ -1,7 +1,6 @@
 """CRIS: CLIP ResNet with dense attention pool, CLIP text encoder, the
 text-gated FPN, the vision-language decoder + projector head, the OpenAI
 CLIP converter and the configs."""
-import importlib.util
 import math
 import os.path as osp
 
@@ -23,7 +22,7 @@ from ris_plugins.models import (CLIPResNet, CRISHead, DenseAttentionPool2d,
 from ris_plugins.models.fusion import CRISFPN
 from ris_plugins.utils.state_dict import load_state_dict_strict
 
-from ..conftest import ROOT
+from ..conftest import ROOT, load_tool
 
 SOT, EOT = 49406, 49407
 CRIS_CFG = osp.join(ROOT, 'configs', 'cris')
@@ -37,11 +36,7 @@ BCE = dict(type='CrossEntropyLoss', use_sigmoid=True)
 
 
 def load_converter():
-    path = osp.join(ROOT, 'tools', 'model_converters', 'clip_to_ris.py')
-    spec = importlib.util.spec_from_file_location('clip_to_ris', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('model_converters/clip_to_ris.py')
 
 
 def n_params(module: nn.Module) -> int:

@@ -1,8 +1,5 @@
 """LAVT: PWAM, MultiModalSwin, LAVTHead, BERT partial training and the
 checkpoint converter."""
-import importlib.util
-import os.path as osp
-
 import pytest
 import torch
 
@@ -11,7 +8,7 @@ from ris_plugins.models import (PWAM, BertTextEncoder, LAVTHead,
                                 MultiModalSwin, TextFeatures)
 from ris_plugins.utils.state_dict import load_state_dict_strict
 
-from ..conftest import ROOT, TINY_BERT
+from ..conftest import TINY_BERT, load_tool
 from .test_ref_segmentor import samples
 
 TINY_SWIN = dict(
@@ -20,11 +17,7 @@ TINY_SWIN = dict(
 
 
 def converter():
-    path = osp.join(ROOT, 'tools', 'model_converters', 'lavt_to_ris.py')
-    spec = importlib.util.spec_from_file_location('lavt_to_ris', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('model_converters/lavt_to_ris.py')
 
 
 def text(b=2, length=6, c=32, pad=2):
