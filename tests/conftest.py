@@ -48,27 +48,24 @@ TINY_BERT = dict(
     max_position_embeddings=64)
 
 
-def tiny_cfg(data_root: str, work_dir: str, max_iters: int = 4):
-    """The demo config shrunk to a tiny random model and 64x64 inputs."""
+def run_cfg(config: str, data_root: str, work_dir: str, max_iters: int,
+            batch_size: int = 4, size: int = None):
+    """A demo config set up for a short in-test run: no workers, constant
+    LR, 8 val/test samples, optional input ``size`` (pixels)."""
     from mmengine.config import Config
-    cfg = Config.fromfile(DEMO_CFG)
+    cfg = Config.fromfile(config)
     cfg.work_dir = work_dir
-    cfg.model.backbone.update(base_channels=8, stem_channels=8)
-    cfg.model.text_encoder = dict(
-        type='BertTextEncoder', config=TINY_BERT, sentence_pooling='mean')
-    cfg.model.fusion.update(
-        in_channels=[8, 16, 32, 64], channels=16, text_channels=32)
-    cfg.model.decode_head.update(in_channels=[16] * 4, channels=16)
-    cfg.model.data_preprocessor.size = (64, 64)
+    if size:
+        cfg.model.data_preprocessor.size = (size, size)
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         dl = cfg[loader]
         dl.num_workers = 0
         dl.persistent_workers = False
-        dl.batch_size = 4
+        dl.batch_size = batch_size
         dl.dataset.data_root = data_root
         for t in dl.dataset.pipeline:
-            if t.type == 'Letterbox':
-                t.scale = (64, 64)
+            if t.type == 'Letterbox' and size:
+                t.scale = (size, size)
     cfg.train_cfg.max_iters = max_iters
     cfg.train_cfg.val_interval = max_iters
     cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0)]
@@ -76,4 +73,17 @@ def tiny_cfg(data_root: str, work_dir: str, max_iters: int = 4):
     cfg.default_hooks.checkpoint.interval = max_iters
     cfg.val_dataloader.dataset.indices = 8
     cfg.test_dataloader.dataset.indices = 8
+    return cfg
+
+
+def tiny_cfg(data_root: str, work_dir: str, max_iters: int = 4):
+    """The baseline demo config shrunk to a tiny random model and 64x64
+    inputs."""
+    cfg = run_cfg(DEMO_CFG, data_root, work_dir, max_iters, size=64)
+    cfg.model.backbone.update(base_channels=8, stem_channels=8)
+    cfg.model.text_encoder = dict(
+        type='BertTextEncoder', config=TINY_BERT, sentence_pooling='mean')
+    cfg.model.fusion.update(
+        in_channels=[8, 16, 32, 64], channels=16, text_channels=32)
+    cfg.model.decode_head.update(in_channels=[16] * 4, channels=16)
     return cfg

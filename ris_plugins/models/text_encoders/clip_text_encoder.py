@@ -15,6 +15,7 @@ from .text_features import TextFeatures
 # OpenAI CLIP text towers (``clip/model.py`` ``build_model``): width 512,
 # 12 layers, 8 heads, 77 positions, vocabulary 49,408; the projection width
 # is the CLIP embedding width (RN50: 1024, RN101 / ViT-B: 512).
+CLIP_EOT = 49407  # <end_of_text> in CLIP's BPE vocabulary
 OPENAI_CLIP_TEXT = dict(
     vocab_size=49408,
     hidden_size=512,
@@ -112,6 +113,11 @@ class RefCLIPTextEncoder(BaseModule):
             self.clip.eval()
 
     @property
+    def vocab_size(self) -> int:
+        """Size of the token-embedding table."""
+        return self.clip.config.vocab_size
+
+    @property
     def out_channels(self) -> int:
         """C: width of the word features."""
         return self.clip.config.hidden_size
@@ -144,6 +150,11 @@ class RefCLIPTextEncoder(BaseModule):
                 f'{self.context_length}; set TokenizeText(context_length=...) '
                 f'and RefCLIPTextEncoder(context_length=...) to the same '
                 f'value')
+        if not (tokens == CLIP_EOT).any(dim=1).all():
+            raise ValueError(
+                f'a sentence has no CLIP end-of-text token ({CLIP_EOT}): '
+                "tokenize with TokenizeText(tokenizer='clip') for a CLIP "
+                'text encoder')
 
     def forward(self,
                 tokens: Tensor,
@@ -163,8 +174,9 @@ class RefCLIPTextEncoder(BaseModule):
             pad_mask (B, L) bool, True at padding.
 
         Raises:
-            ValueError: ``tokens`` is not 2-D or longer than
-                ``context_length``.
+            ValueError: ``tokens`` is not 2-D, longer than
+                ``context_length``, or a row lacks the EOT token (not CLIP
+                BPE, e.g. BERT WordPiece ids).
         """
         self._check_tokens(tokens)
         with torch.set_grad_enabled(torch.is_grad_enabled()
