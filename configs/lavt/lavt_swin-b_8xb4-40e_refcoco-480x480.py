@@ -16,10 +16,12 @@ train_pipeline = [
     tokenizer,
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
+# LAVT evaluates at 480x480: the mask is resized (nearest) with the image
+# and predictions stay on the input grid (test_cfg.output_size='input').
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=img_scale, keep_ratio=False),
     dict(type='LoadRefMask'),
+    dict(type='Resize', scale=img_scale, keep_ratio=False),
     tokenizer,
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
@@ -29,7 +31,9 @@ train_dataloader = dict(
     dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-model = dict(data_preprocessor=dict(size=img_scale))
+model = dict(
+    data_preprocessor=dict(size=img_scale),
+    test_cfg=dict(mode='whole', output_size='input'))
 # Epoch-based logging and checkpoints; keep the best val oIoU.
 log_processor = dict(by_epoch=True)
 default_hooks = dict(

@@ -27,7 +27,7 @@ from ..conftest import ROOT, load_tool
 SOT, EOT = 49406, 49407
 CRIS_CFG = osp.join(ROOT, 'configs', 'cris')
 DEMO_CFG = osp.join(ROOT, 'configs', 'demo',
-                    'cris-small_tiny-clip_1xb16-2k_refshapes-160x160.py')
+                    'cris-small_tiny-rn-minilm_1xb16-2k_refshapes-160x160.py')
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=2, projection_dim=48)
 TINY_RN = dict(base_channels=8, stage_blocks=(1, 2, 1, 1),
@@ -506,17 +506,24 @@ def test_converter_inputs_and_errors(tmp_path):
         })
 
 
-def test_converter_checks_against_demo_config():
+def test_converter_checks_against_config(tmp_path):
+    # the demo's CLIP ResNet with a tiny CLIP text tower
+    cfg_path = str(tmp_path / 'tiny_clip.py')
+    with open(cfg_path, 'w') as f:
+        f.write(f"_base_ = ['{DEMO_CFG}']\n"
+                'model = dict(text_encoder=dict(_delete_=True, '
+                f"type='RefCLIPTextEncoder', config={TINY_TEXT!r}, "
+                'context_length=17))\n')
     conv = load_converter()
-    model = MODELS.build(Config.fromfile(DEMO_CFG).model)
+    model = MODELS.build(Config.fromfile(cfg_path).model)
     converted = conv.convert_clip(conv.to_openai(model.state_dict()))
-    conv.check_against_config(converted, DEMO_CFG)  # no error
+    conv.check_against_config(converted, cfg_path)  # no error
     converted['backbone.conv1.weight'] = torch.zeros(1)
     with pytest.raises(ValueError, match='shape mismatch'):
-        conv.check_against_config(converted, DEMO_CFG)
+        conv.check_against_config(converted, cfg_path)
     converted.pop('backbone.conv1.weight')
     with pytest.raises(KeyError, match='missing'):
-        conv.check_against_config(converted, DEMO_CFG)
+        conv.check_against_config(converted, cfg_path)
 
 
 # ------------------------------------------------------------------- demo
@@ -526,17 +533,19 @@ def test_demo_config_trains_and_predicts_on_refshapes(refshapes_root):
     dataset_cfg.update(data_root=refshapes_root, indices=2)
     dataset = DATASETS.build(dataset_cfg)
     batch = pseudo_collate([dataset[0], dataset[1]])
-    assert batch['data_samples'][0].text_tokens.shape == (17, )
+    assert batch['data_samples'][0].text_tokens.shape == (20, )
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()
     data = model.data_preprocessor(batch, True)
     assert data['inputs'].shape == (2, 3, 160, 160)
     losses = model(**data, mode='loss')
-    assert set(losses) == {'decode.loss_ce', 'decode.acc_seg'}
-    losses['decode.loss_ce'].backward()
+    assert set(losses) == {
+        'decode.loss_ce', 'decode.loss_dice', 'decode.acc_seg'
+    }
+    (losses['decode.loss_ce'] + losses['decode.loss_dice']).backward()
     assert model.backbone.attnpool.connect[0].weight.grad is not None
-    assert model.text_encoder.clip.text_projection.weight.grad is not None
+    assert all(p.grad is None for p in model.text_encoder.parameters())
     assert model(**data, mode='tensor').shape == (2, 1, 40, 40)
     model.eval()
     with torch.no_grad():
@@ -544,3 +553,22 @@ def test_demo_config_trains_and_predicts_on_refshapes(refshapes_root):
                       mode='predict')
     ori = batch['data_samples'][0].ori_shape
     assert preds[0].pred_sem_seg.data.shape == (1, *ori)
+
+
+def test_cris_head_dice_scores_the_object_channel():
+    """mmseg's DiceLoss one-hot encodes (B, h, w) labels into the single
+    channel as background; CRISHead hands it (B, 1, h, w) instead."""
+    from mmengine.structures import PixelData
+
+    from mmseg.structures import SegDataSample
+    head = MODELS.build(dict(
+        type='CRISHead', in_channels=16, channels=8, sent_channels=8,
+        num_layers=1, num_heads=2, ffn_channels=16,
+        loss_decode=dict(type='DiceLoss', use_sigmoid=True)))
+    gt = torch.zeros(1, 8, 8, dtype=torch.long)
+    gt[:, :4] = 1
+    ds = SegDataSample()
+    ds.gt_sem_seg = PixelData(data=gt)
+    perfect = torch.where(gt.bool(), 20.0, -20.0)[:, None]  # (1, 1, 8, 8)
+    assert head.loss_by_feat(perfect, [ds])['loss_dice'] < 0.01
+    assert head.loss_by_feat(-perfect, [ds])['loss_dice'] > 0.99

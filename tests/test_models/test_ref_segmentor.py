@@ -168,3 +168,20 @@ def test_tokenizer_encoder_mismatch_is_a_clear_error():
     ids = torch.as_tensor(bert_tok['text_tokens'])[None]
     with pytest.raises(ValueError, match='end-of-text'):
         clip(ids, ids != 0)
+
+
+def test_output_size_input_keeps_the_network_grid():
+    """LAVT's convention: predictions stay on the input grid (batch padding
+    removed: img_shape 60x64 of a 64x64 batch) instead of ori_shape."""
+    model = tiny_model(test_cfg=dict(mode='whole', output_size='input'))
+    ds = samples(1)
+    ds[0].set_metainfo(dict(img_shape=(60, 64)))
+    logits = torch.zeros(1, 1, 64, 64)
+    logits[:, :, :30] = 3.0
+    out = model.postprocess_result(logits, ds)[0]
+    assert out.pred_sem_seg.data.shape == (1, 60, 64)
+    assert out.pred_sem_seg.data[0, :30].all()
+    assert not out.pred_sem_seg.data[0, 30:].any()
+    bad = tiny_model(test_cfg=dict(mode='whole', output_size='480'))
+    with pytest.raises(ValueError, match='output_size'):
+        bad.postprocess_result(logits, samples(1))

