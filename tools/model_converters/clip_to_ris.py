@@ -1,7 +1,8 @@
-"""Convert an OpenAI CLIP ResNet checkpoint (RN50 / RN101) into the
-``backbone.*`` (:class:`CLIPResNet`) and ``text_encoder.*``
-(:class:`RefCLIPTextEncoder`) keys of ris_plugins' ``RefSegmentor``, as CRIS
-initialises its encoders (``model/clip.py`` ``build_model``).
+"""Convert an OpenAI CLIP checkpoint (RN50 / RN101 / ViT-B/16) into the
+``backbone.*`` (:class:`CLIPResNet` or :class:`CLIPViT`) and
+``text_encoder.*`` (:class:`RefCLIPTextEncoder`) keys of ris_plugins'
+``RefSegmentor``, as CRIS / ETRIS initialise their encoders
+(``model/clip.py`` ``build_model``).
 
 Input: the OpenAI TorchScript archive (``RN50.pt``, loaded with
 ``torch.jit.load(...).state_dict()``) or a plain state dict saved with
@@ -36,10 +37,31 @@ Two entries change the tensor as well (:data:`SPLIT_TABLE`,
 * ``text_projection`` (D, C'), used as ``x @ text_projection``, becomes
   ``text_encoder.clip.text_projection.weight`` = its transpose (C', D).
 
+A ViT CLIP (it has ``visual.class_embedding`` / ``visual.proj``) maps its
+visual tower onto mmpretrain's ``VisionTransformer`` names
+(:data:`VIT_KEY_TABLE`, ``R`` = ``visual.transformer.resblocks.{i}.``,
+``B`` = ``backbone.layers.{i}.``; the facts as in mmpretrain's
+``tools/model_converters/openai-clip_to_mmpretrain-clip.py``):
+
+* ``visual.conv1.weight`` -> ``backbone.patch_embed.projection.weight``;
+* ``visual.class_embedding`` (C,) -> ``backbone.cls_token`` (1, 1, C);
+* ``visual.positional_embedding`` (N, C) -> ``backbone.pos_embed``
+  (1, N, C) (:data:`VIT_LEADING_ONES`);
+* ``visual.ln_pre.*`` -> ``backbone.pre_norm.*``;
+* ``R.ln_1.*`` / ``R.ln_2.*`` -> ``B.ln1.*`` / ``B.ln2.*``;
+* ``R.attn.in_proj_weight`` (3C, C) / ``in_proj_bias`` (3C,) ->
+  ``B.attn.qkv.weight`` / ``.bias`` unchanged (both pack q, k, v in that
+  order along dim 0);
+* ``R.attn.out_proj.*`` -> ``B.attn.proj.*``;
+* ``R.mlp.c_fc.*`` -> ``B.ffn.layers.0.0.*``; ``R.mlp.c_proj.*`` ->
+  ``B.ffn.layers.1.*``;
+* ``visual.ln_post.*`` -> ``backbone.ln1.*`` (mmpretrain's final norm);
+* ``visual.proj`` (C, D), used as ``x @ proj`` -> ``backbone.proj``
+  (C, D), used the same way by :class:`CLIPViT`.
+
 Dropped: ``logit_scale``, ``input_resolution``, ``context_length``,
 ``vocab_size``. Not in CLIP (randomly initialised by the model):
 ``backbone.attnpool.connect.*`` (CRIS's new residual) and every head key.
-A ViT CLIP (``visual.proj`` / ``visual.class_embedding``) is rejected.
 
 Usage::
 
@@ -50,8 +72,11 @@ Usage::
 With ``--config`` the converted tensors are checked against the model of
 that config (every converted key must exist with the same shape, and only
 ``attnpool.connect`` and BN ``num_batches_tracked`` may be missing from
-backbone / text encoder); nothing is written on a mismatch. Point the
-config's ``load_from`` at the output.
+backbone / text encoder); nothing is written on a mismatch. A ViT's
+``backbone.pos_embed`` may differ in its number of rows (e.g. 197 at 224
+vs 677 for ``img_size=416``): ``VisionTransformer`` resizes it bicubically
+when the checkpoint is loaded. Point the config's ``load_from`` at the
+output.
 """
 import argparse
 import re
@@ -65,8 +90,37 @@ TEXT = 'text_encoder.clip.text_model.'
 LAYER = TEXT + 'encoder.layers.{i}.'
 
 # (OpenAI prefix, our prefix); {i} matches a layer index.
-KEY_TABLE: List[Tuple[str, str]] = [
-    ('visual.', 'backbone.'),
+# CLIP ResNet visual tower: OpenAI's module names are kept.
+RN_KEY_TABLE: List[Tuple[str, str]] = [('visual.', 'backbone.')]
+# CLIP ViT visual tower -> mmpretrain VisionTransformer (+ CLIPViT.proj).
+VIT_RES = 'visual.transformer.resblocks.{i}.'
+VIT_LAYER = 'backbone.layers.{i}.'
+VIT_KEY_TABLE: List[Tuple[str, str]] = [
+    ('visual.conv1.', 'backbone.patch_embed.projection.'),
+    ('visual.class_embedding', 'backbone.cls_token'),
+    ('visual.positional_embedding', 'backbone.pos_embed'),
+    ('visual.ln_pre.', 'backbone.pre_norm.'),
+    (VIT_RES + 'ln_1.', VIT_LAYER + 'ln1.'),
+    (VIT_RES + 'attn.in_proj_weight', VIT_LAYER + 'attn.qkv.weight'),
+    (VIT_RES + 'attn.in_proj_bias', VIT_LAYER + 'attn.qkv.bias'),
+    (VIT_RES + 'attn.out_proj.', VIT_LAYER + 'attn.proj.'),
+    (VIT_RES + 'ln_2.', VIT_LAYER + 'ln2.'),
+    (VIT_RES + 'mlp.c_fc.', VIT_LAYER + 'ffn.layers.0.0.'),
+    (VIT_RES + 'mlp.c_proj.', VIT_LAYER + 'ffn.layers.1.'),
+    ('visual.ln_post.', 'backbone.ln1.'),
+    ('visual.proj', 'backbone.proj'),
+]
+# Leading singleton dims ours has over OpenAI's tensor: (C,) -> (1, 1, C),
+# (N, C) -> (1, N, C).
+VIT_LEADING_ONES: Dict[str, int] = {
+    'backbone.cls_token': 2,
+    'backbone.pos_embed': 1,
+}
+VIT_MARKERS = ('visual.class_embedding', 'visual.proj')
+VIT_REQUIRED = ('visual.conv1.weight', 'visual.class_embedding',
+                'visual.positional_embedding', 'visual.ln_post.weight',
+                'visual.proj')
+TEXT_KEY_TABLE: List[Tuple[str, str]] = [
     ('token_embedding.', TEXT + 'embeddings.token_embedding.'),
     ('positional_embedding', TEXT + 'embeddings.position_embedding.weight'),
     ('transformer.resblocks.{i}.ln_1.', LAYER + 'layer_norm1.'),
@@ -77,6 +131,7 @@ KEY_TABLE: List[Tuple[str, str]] = [
     ('transformer.resblocks.{i}.ln_2.', LAYER + 'layer_norm2.'),
     ('ln_final.', TEXT + 'final_layer_norm.'),
 ]
+KEY_TABLE: List[Tuple[str, str]] = RN_KEY_TABLE + TEXT_KEY_TABLE
 # OpenAI packed q/k/v -> our three projections (in q, k, v order).
 SPLIT_TABLE: List[Tuple[str, Tuple[str, str, str]]] = [
     ('transformer.resblocks.{i}.attn.in_proj_weight',
@@ -97,22 +152,30 @@ def _regex(template: str, exact: bool = False) -> 're.Pattern':
     return re.compile('^' + pattern + ('$' if exact else ''))
 
 
-def map_key(key: str, reverse: bool = False) -> str:
-    """Rename ``key`` by the first matching prefix of :data:`KEY_TABLE`
+def key_table(vit: bool = False) -> List[Tuple[str, str]]:
+    """The (OpenAI, ours) prefix table for a ResNet (:data:`KEY_TABLE`) or
+    a ViT (:data:`VIT_KEY_TABLE` + :data:`TEXT_KEY_TABLE`) CLIP."""
+    return VIT_KEY_TABLE + TEXT_KEY_TABLE if vit else KEY_TABLE
+
+
+def map_key(key: str, reverse: bool = False, vit: bool = False) -> str:
+    """Rename ``key`` by the first matching prefix of :func:`key_table`
     (OpenAI -> ours, or ours -> OpenAI with ``reverse``).
 
     Raises:
         KeyError: No entry matches.
     """
-    for openai, ours in KEY_TABLE:
+    for openai, ours in key_table(vit):
         src, dst = (ours, openai) if reverse else (openai, ours)
         m = _regex(src).match(key)
         if m:
             return dst.format(**m.groupdict()) + key[m.end():]
-    raise KeyError(f'no CLIP conversion rule for key {key!r}')
+    arch = 'ViT' if vit else 'ResNet'
+    raise KeyError(f'no CLIP conversion rule for key {key!r} ({arch} CLIP)')
 
 
-def _convert_one(key: str, value: Tensor) -> Dict[str, Tensor]:
+def _convert_one(key: str, value: Tensor,
+                 vit: bool = False) -> Dict[str, Tensor]:
     """One OpenAI tensor -> our tensor(s)."""
     for openai, ours in SPLIT_TABLE:
         m = _regex(openai, exact=True).match(key)
@@ -123,36 +186,50 @@ def _convert_one(key: str, value: Tensor) -> Dict[str, Tensor]:
     for openai, ours in TRANSPOSE_TABLE:
         if key == openai:
             return {ours: value.t().contiguous()}  # (C', D)
-    return {map_key(key): value}
+    ours = map_key(key, vit=vit)
+    ones = VIT_LEADING_ONES.get(ours, 0) if vit else 0
+    # (C,) -> (1, 1, C) / (N, C) -> (1, N, C)
+    return {ours: value.reshape((1, ) * ones + tuple(value.shape))}
 
 
-def _check_resnet(state: Dict[str, Tensor]) -> None:
-    vit = [k for k in ('visual.proj', 'visual.class_embedding')
-           if k in state]
-    if vit:
-        raise ValueError(f'this is a ViT CLIP checkpoint (has {vit}); '
-                         'clip_to_ris converts ResNet CLIPs (RN50, RN101)')
+def _is_vit(state: Dict[str, Tensor]) -> bool:
+    """Whether ``state`` (OpenAI layout) is a ViT CLIP; checks a ResNet's
+    or a ViT's essential keys.
+
+    Raises:
+        ValueError: ViT markers present but a required ViT key is missing.
+        KeyError: Neither a CLIP ResNet nor a CLIP ViT.
+    """
+    markers = [k for k in VIT_MARKERS if k in state]
+    if markers:
+        missing = [k for k in VIT_REQUIRED if k not in state]
+        if missing:
+            raise ValueError(f'incomplete ViT CLIP checkpoint (has '
+                             f'{markers}): missing {missing}')
+        return True
     if 'visual.attnpool.positional_embedding' not in state:
-        raise KeyError('not an OpenAI CLIP ResNet state dict: no '
-                       "'visual.attnpool.positional_embedding'")
+        raise KeyError('not an OpenAI CLIP state dict: no ResNet '
+                       "'visual.attnpool.positional_embedding' and no ViT "
+                       f'{list(VIT_MARKERS)}')
+    return False
 
 
 def convert_clip(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
-    """An OpenAI CLIP ResNet state dict -> our ``backbone.*`` +
+    """An OpenAI CLIP ResNet or ViT state dict -> our ``backbone.*`` +
     ``text_encoder.*`` state dict (float32).
 
     Raises:
-        ValueError: A ViT CLIP.
-        KeyError: Not a CLIP ResNet, or a key without a rule.
+        ValueError: An incomplete ViT CLIP.
+        KeyError: Not a CLIP ResNet / ViT, or a key without a rule.
     """
-    _check_resnet(state)
+    vit = _is_vit(state)
     out = OrderedDict()
     for key, value in state.items():
         if key in DROP:
             continue
         if value.is_floating_point():
             value = value.float()
-        out.update(_convert_one(key, value))
+        out.update(_convert_one(key, value, vit=vit))
     return out
 
 
@@ -175,7 +252,8 @@ def _merge_qkv(state: Dict[str, Tensor]
 def to_openai(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Our ``backbone.*`` / ``text_encoder.*`` keys -> the OpenAI CLIP
     layout (the inverse of :func:`convert_clip`); CRIS's
-    ``attnpool.connect`` and every other key are left out.
+    ``attnpool.connect`` and every other key are left out. A backbone with
+    ``backbone.cls_token`` is taken as a :class:`CLIPViT`.
 
     Raises:
         KeyError: A backbone / text-encoder key without a rule.
@@ -183,13 +261,17 @@ def to_openai(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
     state = {k: v for k, v in state.items()
              if k.startswith(('backbone.', 'text_encoder.'))
              and not NOT_IN_CLIP.match(k)}
+    vit = 'backbone.cls_token' in state
     out, rest = _merge_qkv(state)
     transposed = {ours: openai for openai, ours in TRANSPOSE_TABLE}
     for key, value in rest.items():
         if key in transposed:
             out[transposed[key]] = value.t().contiguous()
-        else:
-            out[map_key(key, reverse=True)] = value
+            continue
+        ones = VIT_LEADING_ONES.get(key, 0) if vit else 0
+        # (1, 1, C) -> (C,) / (1, N, C) -> (N, C)
+        out[map_key(key, reverse=True, vit=vit)] = value.reshape(
+            value.shape[ones:])
     return out
 
 
@@ -232,16 +314,25 @@ def check_against_config(converted: Dict[str, Tensor], config: str) -> None:
         raise KeyError(f'conversion does not match {config}: unexpected '
                        f'{unexpected[:5]}, missing {missing[:5]}')
     bad = [(k, tuple(v.shape), tuple(target[k].shape))
-           for k, v in converted.items() if v.shape != target[k].shape]
+           for k, v in converted.items() if v.shape != target[k].shape
+           and not _resizable_pos_embed(k, v, target[k])]
     if bad:
         raise ValueError(f'shape mismatch (key, converted, model): '
                          f'{bad[:5]}')
 
 
+def _resizable_pos_embed(key: str, value: Tensor, target: Tensor) -> bool:
+    """A ViT ``backbone.pos_embed`` (1, N, C) vs the model's (1, N', C):
+    ``VisionTransformer._prepare_pos_embed`` resizes it on load."""
+    return (key == 'backbone.pos_embed' and value.dim() == target.dim() == 3
+            and value.shape[::2] == target.shape[::2])
+
+
 def parse_args() -> argparse.Namespace:
     """Command-line arguments: ``src``, ``dst`` and optional ``--config``."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('src', help='OpenAI CLIP RN50.pt / RN101.pt')
+    parser.add_argument('src',
+                        help='OpenAI CLIP RN50.pt / RN101.pt / ViT-B-16.pt')
     parser.add_argument('dst', help='output checkpoint path')
     parser.add_argument('--config', help='verify against this config')
     return parser.parse_args()
