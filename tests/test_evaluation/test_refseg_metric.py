@@ -71,14 +71,15 @@ def test_empty_prediction_on_nonempty_gt_is_zero():
 
 def test_threshold_rebinarises_logits():
     gt = np.array([[1, 1], [0, 0]])
-    # one-channel logits: sigmoid(0.0) = 0.5, sigmoid(-1) = 0.27
+    # one channel: mmseg's postprocessing stores sigmoid probabilities
     logits = torch.tensor([[[0.0, -1.0], [-3.0, -3.0]]])
+    probs = logits.sigmoid()  # 0.5, 0.27, 0.05, 0.05
     pred_model = np.zeros((2, 2), np.int64)  # ignored when threshold set
     low = RefSegMetric(threshold=0.35)
-    low.process({}, [sample(pred_model, gt, logits)])
+    low.process({}, [sample(pred_model, gt, probs)])
     assert low.results[0]['inter'] == 1 and low.results[0]['union'] == 2
     lower = RefSegMetric(threshold=0.25)
-    lower.process({}, [sample(pred_model, gt, logits)])
+    lower.process({}, [sample(pred_model, gt, probs)])
     assert lower.results[0]['inter'] == 2
     # two-channel logits: foreground probability = softmax[1]
     two = torch.stack([torch.zeros(2, 2), logits[0]])

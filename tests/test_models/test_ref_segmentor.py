@@ -185,3 +185,18 @@ def test_output_size_input_keeps_the_network_grid():
     bad = tiny_model(test_cfg=dict(mode='whole', output_size='480'))
     with pytest.raises(ValueError, match='output_size'):
         bad.postprocess_result(logits, samples(1))
+
+
+def test_threshold_metric_agrees_with_model_prediction():
+    """RefSegMetric(threshold=t) on the model's 1-channel seg_logits gives
+    the same mask as the model's own sigmoid > t prediction."""
+    from ris_plugins.evaluation import RefSegMetric
+    model = tiny_model().eval()
+    model.decode_head.threshold = 0.35
+    logits = torch.linspace(-3, 3, 64 * 64).reshape(1, 1, 64, 64)
+    ds = model.postprocess_result(logits, samples(1))[0]
+    metric = RefSegMetric(threshold=0.35)
+    pred = metric._binarize(ds.to_dict())
+    assert pred.shape == (50, 100)
+    assert torch.equal(pred, ds.pred_sem_seg.data[0].bool())
+    assert 0 < pred.float().mean() < 1

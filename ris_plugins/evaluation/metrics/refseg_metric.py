@@ -73,7 +73,9 @@ class RefSegMetric(BaseMetric):
         threshold (float, optional): None: use the model's ``pred_sem_seg``
             (argmax of 2 classes, or sigmoid > ``decode_head.threshold``).
             A float t in (0, 1): foreground where the foreground probability
-            (sigmoid of 1 channel, softmax of 2) > t, e.g. 0.35 for CRIS.
+            > t, e.g. 0.35 for CRIS. The probability is ``seg_logits``
+            itself for 1-channel models (mmseg's postprocessing already
+            applied the sigmoid) and the softmax of 2-channel logits.
         pr_thresholds (Sequence[float]): IoU thresholds of Pr@X.
         pr_op (str): ``'>='`` (LAVT) or ``'>'`` (CRIS family).
         collect_device (str): ``'cpu'`` or ``'gpu'``.
@@ -109,11 +111,11 @@ class RefSegMetric(BaseMetric):
     def _binarize(self, data_sample: dict) -> torch.Tensor:
         if self.threshold is None:
             return data_sample['pred_sem_seg']['data'][0] > 0
-        logits = data_sample['seg_logits']['data']  # (C, H, W)
-        if logits.shape[0] == 1:
-            prob = logits[0].sigmoid()
+        scores = data_sample['seg_logits']['data']  # (C, H, W)
+        if scores.shape[0] == 1:
+            prob = scores[0]  # already sigmoid probabilities
         else:
-            prob = logits.softmax(dim=0)[1]
+            prob = scores.softmax(dim=0)[1]
         return prob > self.threshold
 
     def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
