@@ -27,16 +27,21 @@ def test_config_parses(path):
     assert cfg.default_scope == 'mmseg'
 
 
-def context_length(cfg: Config) -> int:
-    """The TokenizeText context length of the val pipeline."""
-    return next(t.context_length for t in cfg.val_dataloader.dataset.pipeline
+def tokenize(cfg: Config, text: str = 'the red circle on the left'):
+    """Tokens (L,) and mask (L,) from the config's own TokenizeText."""
+    from mmseg.registry import TRANSFORMS
+    step = next(t for t in cfg.val_dataloader.dataset.pipeline
                 if t.type == 'TokenizeText')
+    out = TRANSFORMS.build(step)(dict(text=text))
+    return torch.as_tensor(out['text_tokens']), torch.as_tensor(
+        out['text_mask'])
 
 
-def _forward(cfg: Config, size: int, length: int) -> torch.Tensor:
+def _forward(cfg: Config, size: int) -> list:
     model = MODELS.build(cfg.model).eval()
-    ds = samples(1, size=size, ori=(size, size), pad=(0, 0, 0, 0),
-                 length=length)
+    ds = samples(1, size=size, ori=(size, size), pad=(0, 0, 0, 0))
+    tokens, mask = tokenize(cfg)
+    ds[0].set_metainfo(dict(text_tokens=tokens, text_mask=mask))
     with torch.no_grad():
         return model(torch.randn(1, 3, size, size), ds, mode='predict')
 
@@ -44,8 +49,7 @@ def _forward(cfg: Config, size: int, length: int) -> torch.Tensor:
 @pytest.mark.parametrize('path', DEMO, ids=osp.basename)
 def test_demo_models_forward(path):
     cfg = Config.fromfile(path)
-    length = context_length(cfg)
-    out = _forward(cfg, 160, length)
+    out = _forward(cfg, 160)
     assert out[0].pred_sem_seg.data.shape == (1, 160, 160)
 
 
@@ -56,6 +60,5 @@ def test_demo_models_forward(path):
 def test_full_size_models_forward(path):
     cfg = Config.fromfile(path)
     size = cfg.model.data_preprocessor.size[0]
-    length = context_length(cfg)
-    out = _forward(cfg, size, length)
+    out = _forward(cfg, size)
     assert out[0].seg_logits.data.shape[-2:] == (size, size)
