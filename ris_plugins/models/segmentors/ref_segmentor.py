@@ -1,5 +1,5 @@
 """The generic referring segmentor: image + sentence -> mask."""
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from mmengine.logging import print_log
