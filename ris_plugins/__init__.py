@@ -9,6 +9,6 @@ from .version import __version__
 
 safe_checkpoint.install()
 
-from . import datasets, evaluation, models  # noqa: E402,F401
+from . import datasets, engine, evaluation, models, quantization  # noqa: E402,F401
 
 __all__ = ['__version__']

@@ -1,0 +1,3 @@
+from .hooks import PTQHook  # noqa: F401
+
+__all__ = ['PTQHook']

@@ -1,0 +1,250 @@
+"""Model-level quantization: from a ``quant_cfg`` to fake-quantized layers.
+
+``quant_cfg`` uses mmrazor's vocabulary (``global_qconfig`` with
+``w_qscheme`` / ``a_qscheme``; mmrazor 1.0.0
+``mmrazor/models/quantizers``) with eager module swapping instead of FX::
+
+    quant_cfg = dict(
+        w_bits=4, a_bits=4,
+        global_qconfig=dict(
+            w_qscheme=dict(type='UniformQuantizer', granularity='channel'),
+            a_qscheme=dict(type='UniformQuantizer', symmetric=False),
+            m_qscheme=dict(type='UniformQuantizer', granularity='head',
+                           ch_axis=1)),
+        rules=[dict(pattern=r'backbone\.patch_embed\..*', a_qscheme=None),
+               dict(pattern=r'decode_head\.conv_seg', skip=True)])
+
+Layers: every ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and every
+attention product exposed by :mod:`.attention`.  Linear/Conv layers get
+``w_qscheme`` (weights) and ``a_qscheme`` (input activation); a matmul's two
+operands both get ``m_qscheme``.  ``rules`` are applied in order; each has
+``pattern`` (regex, full match on the module name), optional ``types``
+(subset of ``('Linear', 'Conv', 'MatMul')``) and any of ``w_qscheme``,
+``a_qscheme``, ``b_qscheme`` (the matmul's second operand; ``a_qscheme``
+is the first), ``w_bits``, ``a_bits`` (bits only, family kept) and
+``skip=True`` (layer stays FP).  A rule that matches no layer is an error
+unless it has ``optional=True`` (for shared bases that serve several
+models).  A qscheme of ``None`` keeps that input FP.
+A qscheme without ``bits`` takes ``w_bits`` (weights) or ``a_bits``.
+``faithful`` (default False) is passed to every quantizer type that takes
+it (DRQ-softmax, RORQ) unless its qscheme sets it: True reproduces the
+official PTQ4RIS arithmetic, quirks included.
+"""
+import copy
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch.nn as nn
+from mmseg.registry import MODELS
+
+from .attention import convert_attention, find_unconverted_attention
+from .matmul import MatMul
+from .qmodules import is_quantized, quant_class_for, restore_float, to_quant
+
+KINDS = ('Linear', 'Conv', 'MatMul')
+RULE_KEYS = ('pattern', 'types', 'w_qscheme', 'a_qscheme', 'b_qscheme',
+             'w_bits', 'a_bits', 'skip', 'optional')
+FP_BY_DESIGN = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase,
+                nn.Embedding)
+
+
+def layer_kind(module: nn.Module) -> Optional[str]:
+    """'Linear', 'Conv', 'MatMul' or None (not quantizable)."""
+    if quant_class_for(module) is None:
+        return None
+    if isinstance(module, MatMul):
+        return 'MatMul'
+    return 'Linear' if isinstance(module, nn.Linear) else 'Conv'
+
+
+@dataclass
+class QuantState:
+    """What :func:`quantize_model` did, so it can be reported and undone.
+
+    Attributes:
+        layers: ``{name: module}`` of the quantized layers, in model order.
+        skipped: names kept FP by a ``skip`` rule.
+        unsupported: ``(name, type)`` of modules with own parameters that
+            the framework cannot quantize (and that are not norms or
+            embeddings, which stay FP by design).
+        unconverted_attention: attention modules with no adapter: their
+            products stay FP.
+    """
+    layers: Dict[str, nn.Module] = field(default_factory=dict)
+    skipped: List[str] = field(default_factory=list)
+    unsupported: List[Tuple[str, str]] = field(default_factory=list)
+    unconverted_attention: List[str] = field(default_factory=list)
+    _originals: Dict[str, tuple] = field(default_factory=dict)
+
+    def quantizers(self):
+        """Yield ``(full name, quantizer)`` for every attached quantizer."""
+        for name, layer in self.layers.items():
+            for qname, q in layer.quantizers().items():
+                yield f'{name}.{qname}', q
+
+
+def _build_quantizer(scheme: Optional[dict], bits: int, where: str,
+                     faithful: bool):
+    if scheme is None:
+        return None
+    cfg = copy.deepcopy(dict(scheme))
+    cfg.setdefault('bits', bits)
+    qtype = cfg.get('type')
+    qcls = MODELS.get(qtype) if isinstance(qtype, str) else None
+    if qcls is not None and 'faithful' in inspect.signature(
+            qcls.__init__).parameters:
+        cfg.setdefault('faithful', faithful)
+    if qtype is None or MODELS.get(qtype) is None or not str(
+            qtype).endswith('Quantizer'):
+        valid = sorted(k for k in MODELS.module_dict if k.endswith('Quantizer'))
+        raise ValueError(f'{where}: unknown quantizer type {qtype!r}; valid '
+                         f'types: {valid}')
+    try:
+        quantizer = MODELS.build(cfg)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f'{where}: {err}') from err
+    quantizer.name = where
+    return quantizer
+
+
+def _check_rules(rules: List[dict], names: Dict[str, str]) -> None:
+    for i, rule in enumerate(rules):
+        unknown = set(rule) - set(RULE_KEYS)
+        if unknown:
+            raise ValueError(f'quant_cfg.rules[{i}]: unknown keys '
+                             f'{sorted(unknown)}; valid keys: {RULE_KEYS}')
+        bad_types = set(rule.get('types', ())) - set(KINDS)
+        if bad_types:
+            raise ValueError(f'quant_cfg.rules[{i}].types: unknown '
+                             f'{sorted(bad_types)}; valid: {KINDS}')
+        pattern = re.compile(rule.get('pattern', '.*'))
+        if not rule.get('optional') and not any(_rule_applies(rule, pattern, n, k)
+                   for n, k in names.items()):
+            some = list(names)[:8]
+            raise ValueError(
+                f'quant_cfg.rules[{i}]: pattern {pattern.pattern!r} '
+                f'(types {rule.get("types", KINDS)}) matches no quantizable '
+                f'layer; layer names look like {some}')
+
+
+def _rule_applies(rule: dict, pattern, name: str, kind: str) -> bool:
+    return (kind in rule.get('types', KINDS)
+            and pattern.fullmatch(name) is not None)
+
+
+def resolve_layer(name: str, kind: str, quant_cfg: dict) -> Optional[dict]:
+    """The effective ``{quantizer child: (qscheme, bits)}`` for one layer,
+    or None when a rule skips it."""
+    glob = quant_cfg.get('global_qconfig', {})
+    w_bits, a_bits = quant_cfg['w_bits'], quant_cfg['a_bits']
+    if kind == 'MatMul':
+        plan = dict(a_quantizer=[glob.get('m_qscheme'), a_bits],
+                    b_quantizer=[glob.get('m_qscheme'), a_bits])
+    else:
+        plan = dict(w_quantizer=[glob.get('w_qscheme'), w_bits],
+                    a_quantizer=[glob.get('a_qscheme'), a_bits])
+    for rule in quant_cfg.get('rules', []):
+        if not _rule_applies(rule, re.compile(rule.get('pattern', '.*')),
+                             name, kind):
+            continue
+        if rule.get('skip'):
+            return None
+        for key, child in (('w_qscheme', 'w_quantizer'),
+                           ('a_qscheme', 'a_quantizer'),
+                           ('b_qscheme', 'b_quantizer')):
+            if key in rule and child in plan:
+                plan[child][0] = rule[key]
+        for key, children in (('w_bits', ('w_quantizer', )),
+                              ('a_bits', ('a_quantizer', 'b_quantizer'))):
+            if key in rule:
+                for child in children:
+                    if child in plan:
+                        plan[child][1] = rule[key]
+    return plan
+
+
+CFG_KEYS = ('w_bits', 'a_bits', 'global_qconfig', 'rules', 'faithful')
+
+
+def _validate_cfg(quant_cfg: dict) -> None:
+    unknown = set(quant_cfg) - set(CFG_KEYS)
+    if unknown:
+        raise ValueError(f'quant_cfg: unknown keys {sorted(unknown)}; valid '
+                         f'keys: {CFG_KEYS}')
+    for key in ('w_bits', 'a_bits'):
+        bits = quant_cfg.get(key)
+        if not isinstance(bits, int) or not 2 <= bits <= 16:
+            raise ValueError(f'quant_cfg.{key} must be an int in [2, 16], '
+                             f'got {bits!r}')
+
+
+def quantize_model(model: nn.Module, quant_cfg: dict) -> QuantState:
+    """Convert attention, then swap every selected layer for its
+    fake-quantized version (quantizers start disabled and uncalibrated).
+
+    All quantizers are built and validated before the first swap, and any
+    error restores the model, so a failure leaves the FP model untouched.
+
+    Raises:
+        ValueError: bits outside [2, 16], an unknown quantizer type or
+            option, an unknown rule key, or a rule pattern that matches no
+            layer.
+    """
+    _validate_cfg(quant_cfg)
+    state = QuantState()
+    before = {n: (m, type(m)) for n, m in model.named_modules()}
+    for name in convert_attention(model):
+        state._originals[name] = before[name]
+    try:
+        _plan_and_swap(model, quant_cfg, state)
+    except Exception:
+        restore_model(model, state)
+        raise
+    return state
+
+
+def restore_model(model: nn.Module, state: QuantState) -> None:
+    """Undo :func:`quantize_model`: FP classes, no quantizers, original
+    attention modules.  Parameters were never copied, so the FP weights
+    are exactly the ones before quantization."""
+    for layer in state.layers.values():
+        restore_float(layer)
+    state.layers.clear()
+    for name, (module, cls) in state._originals.items():
+        current = model.get_submodule(name)
+        if current is not module:
+            parent, _, child = name.rpartition('.')
+            setattr(model.get_submodule(parent), child, module)
+        for child in ('matmul1', 'matmul2'):
+            module._modules.pop(child, None)
+        module.__class__ = cls
+    state._originals.clear()
+
+
+def _plan_and_swap(model: nn.Module, quant_cfg: dict,
+                   state: QuantState) -> None:
+    names = {n: layer_kind(m) for n, m in model.named_modules()
+             if layer_kind(m) is not None and not is_quantized(m)}
+    _check_rules(quant_cfg.get('rules', []), names)
+    built = {}
+    for name, kind in names.items():
+        plan = resolve_layer(name, kind, quant_cfg)
+        if plan is None:
+            state.skipped.append(name)
+            continue
+        built[name] = {
+            child: _build_quantizer(scheme, bits, f'{name}.{child}',
+                                    quant_cfg.get('faithful', False))
+            for child, (scheme, bits) in plan.items()}
+    for name, quantizers in built.items():
+        layer = model.get_submodule(name)
+        to_quant(layer, quantizers)
+        state.layers[name] = layer
+    state.unconverted_attention = find_unconverted_attention(model)
+    state.unsupported = [
+        (n, type(m).__name__) for n, m in model.named_modules()
+        if any(True for _ in m.parameters(recurse=False))
+        and layer_kind(m) is None and not is_quantized(m)
+        and not isinstance(m, FP_BY_DESIGN)]
