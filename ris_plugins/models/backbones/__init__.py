@@ -1,5 +1,7 @@
 from .clip_resnet import CLIPResNet, DenseAttentionPool2d
 from .clip_vit import CLIPViT
+from .dual_encoder import DualEncoderBackbone, DualEncoderOutput, DualEncoderState  # noqa: E501,F401
 from .multimodal_swin import MultiModalSwin
+from .sam_vit import SAMViT
 
 __all__ = ['CLIPResNet', 'CLIPViT', 'DenseAttentionPool2d', 'MultiModalSwin']

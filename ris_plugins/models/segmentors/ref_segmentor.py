@@ -20,7 +20,13 @@ class RefSegmentor(BaseSegmentor):
 
     ``text_encoder(tokens, mask)`` -> :class:`TextFeatures`;
     ``backbone(img)`` -> visual levels (or ``backbone(img, text)`` for a
-    backbone with ``takes_text = True``, such as LAVT's Swin with PWAM);
+    backbone with ``takes_text = True``, such as LAVT's Swin with PWAM).
+    A backbone with ``encodes_text = True`` (``DualEncoderBackbone``:
+    ETRIS / BarLeRIa run both CLIP towers together) replaces the text
+    encoder: ``text_encoder`` is then None and ``backbone(img, tokens,
+    mask)`` returns ``(visual levels, TextFeatures, aux losses)``; the aux
+    losses (e.g. BarLeRIa's side-network loss) join the training losses
+    with the prefix ``backbone.``;
     ``fusion(visual, text)`` -> head inputs (optional: without it the
     visual levels go on unchanged); optional ``neck``; ``decode_head`` ->
     logits. Any registered module of mmseg, mmpretrain
@@ -37,7 +43,8 @@ class RefSegmentor(BaseSegmentor):
 
     Args:
         backbone (dict): Visual backbone config.
-        text_encoder (dict): Text encoder config.
+        text_encoder (dict, optional): Text encoder config; None only with
+            a backbone that ``encodes_text``.
         fusion (dict, optional): Fusion config; called as
             ``fusion(visual, text)``.
         decode_head (dict): mmseg decode head config.
@@ -53,14 +60,16 @@ class RefSegmentor(BaseSegmentor):
 
     Raises:
         ValueError: ``data_samples`` without ``text_tokens`` (every mode
-            needs the sentence), or token ids outside the text encoder's
-            vocabulary (tokenizer and encoder do not match).
+            needs the sentence), token ids outside the text encoder's
+            vocabulary (tokenizer and encoder do not match), or
+            ``text_encoder`` given with a backbone that encodes text itself
+            (or missing without one), or no ``decode_head``.
     """
 
     def __init__(self,
                  backbone: ConfigType,
-                 text_encoder: ConfigType,
-                 decode_head: ConfigType,
+                 text_encoder: OptConfigType = None,
+                 decode_head: OptConfigType = None,
                  fusion: OptConfigType = None,
                  neck: OptConfigType = None,
                  train_cfg: OptConfigType = None,
@@ -69,8 +78,20 @@ class RefSegmentor(BaseSegmentor):
                  init_cfg: OptMultiConfig = None) -> None:
         super().__init__(
             data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if decode_head is None:
+            raise ValueError('RefSegmentor needs a decode_head config')
         self.backbone = MODELS.build(backbone)
-        self.text_encoder = MODELS.build(text_encoder)
+        self.backbone_encodes_text = getattr(self.backbone, 'encodes_text',
+                                             False)
+        if self.backbone_encodes_text == (text_encoder is not None):
+            raise ValueError(
+                f'{type(self.backbone).__name__} '
+                + ('encodes the text itself: set text_encoder=None'
+                   if self.backbone_encodes_text else
+                   'needs a text_encoder (only a backbone with '
+                   'encodes_text=True may go without one)'))
+        self.text_encoder = (MODELS.build(text_encoder)
+                             if text_encoder is not None else None)
         self.fusion = MODELS.build(fusion) if fusion is not None else None
         if neck is not None:
             self.neck = MODELS.build(neck)
@@ -87,9 +108,10 @@ class RefSegmentor(BaseSegmentor):
             f'RefSegmentor: {total / 1e6:.2f}M parameters, '
             f'{trainable / 1e6:.2f}M trainable', logger='current')
 
-    def encode_text(self, data_samples: SampleList) -> TextFeatures:
+    def _stack_tokens(self,
+                      data_samples: SampleList) -> Tuple[Tensor, Tensor]:
         """Stack the samples' ``text_tokens`` / ``text_mask`` (each (L,))
-        into (B, L) and run the text encoder."""
+        into (B, L) each, checked against the vocabulary."""
         if not data_samples or 'text_tokens' not in data_samples[0]:
             raise ValueError(
                 'RefSegmentor needs data_samples whose metainfo holds '
@@ -102,29 +124,55 @@ class RefSegmentor(BaseSegmentor):
         mask = torch.stack([
             torch.as_tensor(ds.text_mask) for ds in data_samples
         ]).to(device)  # (B, L)
-        vocab = getattr(self.text_encoder, 'vocab_size', None)
+        encoder = (self.backbone
+                   if self.backbone_encodes_text else self.text_encoder)
+        vocab = getattr(encoder, 'vocab_size', None)
         if vocab is not None and int(tokens.max()) >= vocab:
             raise ValueError(
                 f'token id {int(tokens.max())} is outside the vocabulary of '
-                f'{type(self.text_encoder).__name__} ({vocab} ids): the '
+                f'{type(encoder).__name__} ({vocab} ids): the '
                 'TokenizeText tokenizer does not match the text encoder '
                 "(CLIP BPE: 'clip' with RefCLIPTextEncoder; WordPiece: "
                 "'bert' with BertTextEncoder)")
-        return self.text_encoder(tokens, mask)
+        return tokens, mask
 
-    def extract_feat(self, inputs: Tensor,
-                     data_samples: SampleList) -> Tuple[Tensor, ...]:
-        """Head inputs for images (B, 3, H, W) (see class doc)."""
-        text = self.encode_text(data_samples)
-        if getattr(self.backbone, 'takes_text', False):
-            x = self.backbone(inputs, text)
+    def encode_text(self, data_samples: SampleList) -> TextFeatures:
+        """Stack the samples' ``text_tokens`` / ``text_mask`` (each (L,))
+        into (B, L) and run the text encoder.
+
+        Raises:
+            ValueError: The backbone encodes the text itself (use
+                :meth:`extract_feat`).
+        """
+        if self.backbone_encodes_text:
+            raise ValueError(
+                f'{type(self.backbone).__name__} encodes the text together '
+                'with the image; there is no separate text encoder')
+        return self.text_encoder(*self._stack_tokens(data_samples))
+
+    def _extract(self, inputs: Tensor,
+                 data_samples: SampleList) -> Tuple[Tuple, dict]:
+        """Head inputs and the backbone's auxiliary losses."""
+        aux = {}
+        if self.backbone_encodes_text:
+            x, text, aux = self.backbone(inputs,
+                                         *self._stack_tokens(data_samples))
         else:
-            x = self.backbone(inputs)
+            text = self.encode_text(data_samples)
+            if getattr(self.backbone, 'takes_text', False):
+                x = self.backbone(inputs, text)
+            else:
+                x = self.backbone(inputs)
         if self.fusion is not None:
             x = self.fusion(x, text)
         if self.with_neck:
             x = self.neck(x)
-        return x
+        return x, aux
+
+    def extract_feat(self, inputs: Tensor,
+                     data_samples: SampleList) -> Tuple[Tensor, ...]:
+        """Head inputs for images (B, 3, H, W) (see class doc)."""
+        return self._extract(inputs, data_samples)[0]
 
     def encode_decode(self, inputs: Tensor,
                       data_samples: SampleList) -> Tensor:
@@ -137,10 +185,13 @@ class RefSegmentor(BaseSegmentor):
             align_corners=self.align_corners)
 
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
-        """Head losses for images (B, 3, H, W) and their gt_sem_seg."""
-        x = self.extract_feat(inputs, data_samples)
+        """Head losses for images (B, 3, H, W) and their gt_sem_seg, plus
+        the backbone's auxiliary losses (``backbone.*``)."""
+        x, aux = self._extract(inputs, data_samples)
         losses = self.decode_head.loss(x, data_samples, self.train_cfg)
-        return add_prefix(losses, 'decode')
+        losses = add_prefix(losses, 'decode')
+        losses.update(add_prefix(aux, 'backbone'))
+        return losses
 
     def predict(self, inputs: Tensor,
                 data_samples: Optional[SampleList] = None) -> SampleList:

@@ -1,0 +1,7 @@
+# HARIS ablation "decoder replaced: 74.98"
+# (paper, RefCOCO val IoU) on the full RefCOCO config; see
+# projects/haris/README.md.
+_base_ = [
+    '../../../configs/haris/haris_sam-vit-b_1xb16-50e_refcoco-480x480.py'
+]
+model = dict(decode_head=dict(decoder_replaced=True))

@@ -1,0 +1,3 @@
+from .binary_focal_loss import BinaryFocalLoss
+
+__all__ = ['BinaryFocalLoss']

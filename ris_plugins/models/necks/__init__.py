@@ -1,0 +1,3 @@
+from .ha_neck import HANeck
+
+__all__ = ['HANeck']
