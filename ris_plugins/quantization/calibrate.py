@@ -25,6 +25,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.dist import all_gather_object
 from mmengine.logging import print_log
 from torch import Tensor
 
@@ -112,6 +113,20 @@ class InputCache:
 def _kind_of(layer: nn.Module) -> str:
     return {'QuantLinear': 'Linear', 'QuantMatMul': 'MatMul'}.get(
         type(layer).__name__, 'Conv')
+
+
+def all_gather_caches(caches: Dict[str, list]) -> Dict[str, list]:
+    """Merge every process's ``{layer: [(position, inputs)]}`` (DDP).
+
+    After this each process holds all samples' cached inputs; as entries
+    are ordered by sample position before use, the parameters computed
+    from them equal a single process's on the same samples.
+    """
+    merged = {name: [] for name in caches}
+    for part in all_gather_object(caches):
+        for name, entries in part.items():
+            merged[name].extend(entries)
+    return merged
 
 
 def _operands(kind: str) -> tuple:

@@ -19,13 +19,13 @@ from typing import Optional
 
 import torch
 from mmengine.dataset import pseudo_collate
-from mmengine.dist import all_gather_object, get_dist_info, is_main_process
+from mmengine.dist import get_dist_info, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmseg.registry import DATASETS, HOOKS
 
-from ...quantization import (calibrate, load_quant_params, quantize_model,
+from ...quantization import (all_gather_caches, calibrate, load_quant_params, quantize_model,
                              read_quant_params, restore_model,
                              save_quant_params)
 from ...quantization.report import format_report
@@ -177,17 +177,10 @@ class PTQHook(Hook):
                 pseudo_collate([dataset[indices[pos]]]), False)
             model(data['inputs'], data['data_samples'], mode='tensor')
 
-        def gather(caches: dict) -> dict:
-            merged = {name: [] for name in caches}
-            for part in all_gather_object(caches):
-                for name, entries in part.items():
-                    merged[name].extend(entries)
-            return merged
-
         start = time.perf_counter()
         times = calibrate(self.state, run_sample,
                           range(rank, len(indices), world),
                           max_rows=self.max_rows, search=self.search,
-                          gather=gather if world > 1 else None)
+                          gather=all_gather_caches if world > 1 else None)
         times['total'] = time.perf_counter() - start
         return times

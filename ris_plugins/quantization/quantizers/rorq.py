@@ -6,7 +6,6 @@ Sources: ``docs/ptq4ris.md`` §4.3; ``gugu511yy/PTQ4RIS``
 """
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from mmseg.registry import MODELS
