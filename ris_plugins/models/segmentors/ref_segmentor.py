@@ -1,7 +1,8 @@
 """The generic referring segmentor: image + sentence -> mask."""
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.structures import PixelData
 from torch import Tensor
@@ -11,7 +12,84 @@ from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from mmseg.utils import (ConfigType, OptConfigType, OptMultiConfig,
                          SampleList, add_prefix)
+from ...utils.param_report import log_param_table
 from ..text_encoders import TextFeatures
+
+Widths = Union[int, List[int]]
+
+
+def _widths(value) -> Optional[Widths]:
+    """An int width or a list of int widths; None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if (isinstance(value, (list, tuple)) and value
+            and all(isinstance(v, int) for v in value)):
+        return list(value)
+    return None
+
+
+def _selected(out: Widths, index: Union[int, Sequence[int]],
+              src: str) -> Widths:
+    """The widths of the levels ``index`` picks from a producer's
+    ``out`` (an int: every level has that width)."""
+    if isinstance(out, int):
+        return out if isinstance(index, int) else [out] * len(index)
+    picks = [index] if isinstance(index, int) else list(index)
+    for i in picks:
+        if not -len(out) <= i < len(out):
+            raise ValueError(
+                f'decode_head in_index {i} is outside the {len(out)} levels '
+                f'of {src} (out_channels={out})')
+    got = [out[i] for i in picks]
+    return got[0] if isinstance(index, int) else got
+
+
+def check_widths(src_name: str, src: nn.Module, dst_name: str,
+                 dst: nn.Module) -> None:
+    """Compare the ``out_channels`` a producer (fusion / neck) exposes with
+    the ``in_channels`` its consumer (neck / decode head) expects.
+
+    Nothing is checked unless both attributes are an int or a list of
+    ints. For an mmseg decode head the levels it reads (``in_index``) are
+    compared, summed under ``input_transform='resize_concat'`` (mmseg then
+    stores the sum as ``in_channels``). Otherwise an int on one side must
+    equal every entry of a list on the other, and two lists must be equal.
+
+    Args:
+        src_name (str): Slot name of the producer (for the message).
+        src (nn.Module): Producer, e.g. ``HierarchicalHLA`` (out_channels =
+            its embed_dims) or ``FeatureAdapter``.
+        dst_name (str): Slot name of the consumer.
+        dst (nn.Module): Consumer, e.g. ``QueryMaskHead`` (in_channels =
+            query width).
+
+    Raises:
+        ValueError: The widths differ (names both modules and widths), or
+            the head's ``in_index`` is outside the producer's levels.
+    """
+    out = _widths(getattr(src, 'out_channels', None))
+    want = _widths(getattr(dst, 'in_channels', None))
+    if out is None or want is None:
+        return
+    src_desc = f'{src_name} {type(src).__name__}'
+    index = getattr(dst, 'in_index', None)
+    got = out
+    if _widths(index) is not None:
+        got = _selected(out, index, src_desc)
+        if getattr(dst, 'input_transform', None) == 'resize_concat':
+            got = sum(got) if isinstance(got, list) else got
+    if isinstance(got, int) and isinstance(want, list):
+        ok = all(w == got for w in want)
+    elif isinstance(got, list) and isinstance(want, int):
+        ok = all(g == want for g in got)
+    else:
+        ok = got == want
+    if not ok:
+        raise ValueError(
+            f'{src_desc} hands on width(s) {got} (out_channels={out}) but '
+            f'{dst_name} {type(dst).__name__} expects in_channels={want}: '
+            f'set the {dst_name} in_channels to the {src_name} output width '
+            f'(or put a FeatureAdapter between them)')
 
 
 @MODELS.register_module()
@@ -41,6 +119,12 @@ class RefSegmentor(BaseSegmentor):
     cropped first; 1-channel heads use sigmoid > ``decode_head.threshold``,
     2-channel heads argmax).
 
+    At build, widths are checked along fusion -> neck -> decode head where
+    the modules expose ``out_channels`` / ``in_channels``
+    (:func:`check_widths`), and the trainable / frozen parameters per
+    top-level module are logged (:func:`log_param_table`) with a one-line
+    ``RefSegmentor: ...M parameters, ...M trainable`` summary.
+
     Args:
         backbone (dict): Visual backbone config.
         text_encoder (dict, optional): Text encoder config; None only with
@@ -63,7 +147,10 @@ class RefSegmentor(BaseSegmentor):
             needs the sentence), token ids outside the text encoder's
             vocabulary (tokenizer and encoder do not match), or
             ``text_encoder`` given with a backbone that encodes text itself
-            (or missing without one), or no ``decode_head``.
+            (or missing without one), or no ``decode_head``; at build,
+            a ``fusion`` / ``neck`` whose ``out_channels`` does not match
+            the ``in_channels`` of the next module (see
+            :func:`check_widths`).
     """
 
     def __init__(self,
@@ -96,11 +183,27 @@ class RefSegmentor(BaseSegmentor):
         if neck is not None:
             self.neck = MODELS.build(neck)
         self.decode_head = MODELS.build(decode_head)
+        self._check_widths()
         self.align_corners = self.decode_head.align_corners
         self.num_classes = self.decode_head.num_classes
         self.out_channels = self.decode_head.out_channels
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
+        self._log_params()
+
+    def _check_widths(self) -> None:
+        """Build-time width checks along fusion -> neck -> decode head (see
+        :func:`check_widths`)."""
+        chain = [(n, getattr(self, n)) for n in ('fusion', 'neck')
+                 if getattr(self, n, None) is not None]
+        chain.append(('decode_head', self.decode_head))
+        for (a, src), (b, dst) in zip(chain, chain[1:]):
+            check_widths(a, src, b, dst)
+
+    def _log_params(self) -> None:
+        """Log the trainable / frozen table per top-level module and the
+        one-line summary."""
+        log_param_table(self)
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters()
                         if p.requires_grad)
