@@ -1,3 +1,3 @@
-from .hooks import PTQHook  # noqa: F401
+from .hooks import PTQHook, calibrate_on_dataset
 
-__all__ = ['PTQHook']
+__all__ = ['PTQHook', 'calibrate_on_dataset']

@@ -218,14 +218,16 @@ def _search_quantizer(layer: nn.Module, kind: str, child: str,
 
 
 def search_layer(layer: nn.Module, kind: str, inputs: List[Tensor],
-                 rounds: int = 1,
-                 chunk_elems: int = 2**24) -> Dict[str, int]:
+                 rounds: int = 1, chunk_elems: int = 2**24,
+                 children: Optional[tuple] = None) -> Dict[str, int]:
     """Output-aware search of each quantizer of one layer (see module doc).
 
     Args:
         inputs: FP inputs ``[x]`` (Linear/Conv) or ``[a, b]`` (MatMul).
         rounds: alternating rounds over the layer's quantizers.
         chunk_elems: memory bound of one batched candidate evaluation.
+        children: search only these quantizers (default: all that have
+            candidates).
 
     Returns:
         dict: number of candidates evaluated per quantizer child.
@@ -238,7 +240,8 @@ def search_layer(layer: nn.Module, kind: str, inputs: List[Tensor],
     for _ in range(rounds):
         for child, q in layer.quantizers().items():
             dim = _group_dim(kind, child, q)
-            if q.num_candidates() == 0 or dim is None:
+            if (q.num_candidates() == 0 or dim is None
+                    or (children is not None and child not in children)):
                 continue
             evaluated[child] = evaluated.get(child, 0) + _search_quantizer(
                 layer, kind, child, fp, ref, dim, chunk_elems)

@@ -36,7 +36,7 @@ custom_hooks = [
     dict(
         type='PTQHook',
         calibrate_steps=32,
-        search=dict(rounds=1, rows=1024),
+        search=dict(rounds=1, rows=256),
         quant_cfg=dict(
             faithful=False,
             global_qconfig=ptq4ris_qconfig,

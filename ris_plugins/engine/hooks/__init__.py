@@ -1,3 +1,3 @@
-from .ptq_hook import PTQHook
+from .ptq_hook import PTQHook, calibrate_on_dataset
 
-__all__ = ['PTQHook']
+__all__ = ['PTQHook', 'calibrate_on_dataset']

@@ -144,7 +144,9 @@ class PTQHook(Hook):
                           logger='current')
                 return
         dataset = self._build_dataset(runner)
-        times = self._run_calibration(model, dataset)
+        times = calibrate_on_dataset(self.state, model, dataset,
+                                     self.calibrate_steps, self.seed,
+                                     self.max_rows, self.search)
         print_log('PTQ times (s): ' + ', '.join(
             f'{k} {v:.1f}' for k, v in times.items()), logger='current')
         if is_main_process():
@@ -166,21 +168,31 @@ class PTQHook(Hook):
                 f'fewer than calibrate_steps={self.calibrate_steps}')
         return dataset
 
-    def _run_calibration(self, model, dataset) -> dict:
-        gen = torch.Generator().manual_seed(self.seed)
-        indices = torch.randperm(len(dataset), generator=gen)[
-            :self.calibrate_steps].tolist()
-        rank, world = get_dist_info()
 
-        def run_sample(pos: int) -> None:
-            data = model.data_preprocessor(
-                pseudo_collate([dataset[indices[pos]]]), False)
-            model(data['inputs'], data['data_samples'], mode='tensor')
+def calibrate_on_dataset(state, model, dataset, steps: int = 32,
+                         seed: int = 0, max_rows: int = 256,
+                         search: Optional[dict] = None) -> dict:
+    """Calibrate ``state`` (from :func:`quantize_model` on ``model``) on
+    ``steps`` samples of ``dataset`` chosen by a seeded permutation, one
+    sample per forward.  Under DDP each rank runs every world-th sample and
+    the cached inputs are all-gathered, so every rank ends with the
+    single-process parameters.
 
-        start = time.perf_counter()
-        times = calibrate(self.state, run_sample,
-                          range(rank, len(indices), world),
-                          max_rows=self.max_rows, search=self.search,
-                          gather=all_gather_caches if world > 1 else None)
-        times['total'] = time.perf_counter() - start
-        return times
+    Returns:
+        dict: seconds per stage ('collect', 'init', 'search', 'total').
+    """
+    gen = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(dataset), generator=gen)[:steps].tolist()
+    rank, world = get_dist_info()
+
+    def run_sample(pos: int) -> None:
+        data = model.data_preprocessor(
+            pseudo_collate([dataset[indices[pos]]]), False)
+        model(data['inputs'], data['data_samples'], mode='tensor')
+
+    start = time.perf_counter()
+    times = calibrate(state, run_sample, range(rank, len(indices), world),
+                      max_rows=max_rows, search=search,
+                      gather=all_gather_caches if world > 1 else None)
+    times['total'] = time.perf_counter() - start
+    return times

@@ -1,5 +1,0 @@
-_base_ = [
-    '../../../../configs/demo/ris-baseline_r18-minilm_1xb16-2k_refshapes-160x160.py',  # noqa
-    '../../../../configs/_base_/quantization/ptq4ris.py',
-    '../../../../configs/_base_/quantization/w4a4.py',
-]
