@@ -330,3 +330,219 @@ def test_etris_config_full_size_trainable_parameters():
     assert cfg.train_dataloader.batch_size * 8 == 32
     assert cfg.param_scheduler[0].milestones == [35]
     assert cfg.train_cfg.max_epochs == 50
+
+
+# ------------------------------------------------------- ResNet variants
+# Tiny CLIP ResNet: w = 8, one Bottleneck per stage; widths after stem +
+# layer1 / layer2 / layer3 / layer4: 32 / 64 / 128 / 256; 64 x 64 input
+# gives 16^2, 8^2, 4^2, 2^2 maps.
+TINY_RN = dict(type='CLIPResNet', base_channels=8, stage_blocks=(1, 1, 1, 1),
+               input_size=64, num_attn_heads=2, output_dim=16)
+TINY_BRIDGER_RN = dict(type='BridgerRN', vis_dims=(64, 128, 256), txt_dim=24,
+                       d_model=8, num_heads=2, ffn_dim=16)
+RN_TRAINABLE = ('attnpool.positional_embedding', 'position_embedding')
+ETRIS_RN_CFGS = {
+    r: osp.join(ROOT, 'configs', 'etris',
+                f'etris_{r}_8xb4-50e_refcoco-416x416.py')
+    for r in ('r50', 'r101')
+}
+
+
+def tiny_rn_backbone(**kw) -> DualEncoderBackbone:
+    torch.manual_seed(0)
+    cfg = dict(type='DualEncoderBackbone', visual=TINY_RN, text=TINY_TEXT,
+               interactions=[dict(after=[(1, 2), (2, 3), (3, 4)],
+                                  module=TINY_BRIDGER_RN)],
+               visual_taps=(1, 2), trainable=RN_TRAINABLE)
+    cfg.update(kw)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    return model
+
+
+def test_resnet_runner_without_adapters_equals_clip_resnet():
+    """No hooks: taps (1, 2) and the final map must be CLIPResNet.forward's
+    (layer2, layer3, attnpool(layer4)); the text RefCLIPTextEncoder's."""
+    bb = tiny_rn_backbone(interactions=[]).eval()
+    img, tok = torch.randn(2, 3, 64, 96), tokens(5, 8)
+    with torch.no_grad():
+        out = bb(img, tok)
+        ref_vis = bb.visual(img)
+        ref_txt = bb.text(tok)
+    assert [tuple(v.shape) for v in out.visual] == [
+        (2, 64, 8, 12), (2, 128, 4, 6), (2, 16, 2, 3)]
+    for got, want in zip(out.visual, ref_vis):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(out.text.word_feats, ref_txt.word_feats)
+    torch.testing.assert_close(out.text.sent_feat, ref_txt.sent_feat)
+
+
+def test_resnet_runner_calls_bridger_between_stages():
+    """With the Bridger: layer2 -> stage 0 -> layer3 -> stage 1 -> layer4
+    -> stage 2 -> attnpool, text blocks 1-2 / 3 / 4 in between, recomputed
+    here by hand from the library modules."""
+    bb = tiny_rn_backbone().eval()
+    img, tok = torch.randn(2, 3, 64, 64), tokens(5, 8)
+    rn, br = bb.visual, bb.interactions[0]
+    text_layers = bb.text.clip.text_model.encoder.layers
+    pad = tok == 0
+
+    def text_blocks(t, lo, hi):
+        mask = torch.full((8, 8), torch.finfo(t.dtype).min).triu(1)
+        for layer in text_layers[lo:hi]:
+            t = layer(t, None, mask[None, None])[0]
+        return t
+
+    with torch.no_grad():
+        out = bb(img, tok)
+        x = img
+        for conv, bn in ((rn.conv1, rn.bn1), (rn.conv2, rn.bn2),
+                         (rn.conv3, rn.bn3)):
+            x = torch.relu(bn(conv(x)))
+        x = rn.layer1(rn.avgpool(x))
+        t = bb.text.clip.text_model.embeddings(input_ids=tok)
+        taps, prev = [], None
+        for stage, (layer, lo, hi) in enumerate(
+                ((rn.layer2, 0, 2), (rn.layer3, 2, 3), (rn.layer4, 3, 4))):
+            x, t = layer(x), text_blocks(t, lo, hi)
+            x, t, prev = br(stage, x, t, pad_mask=pad, prev=prev)
+            taps.append(x)
+        want = [taps[0], taps[1], rn.attnpool(x)]
+    for got, ref in zip(out.visual, want):
+        torch.testing.assert_close(got, ref)
+    words = bb.text.clip.text_model.final_layer_norm(t)
+    torch.testing.assert_close(out.text.word_feats, words)
+    # The Bridger changed the maps (not a no-op).
+    ref_plain = bb.visual(img)
+    assert not torch.allclose(out.visual[0], ref_plain[0])
+
+
+def test_resnet_runner_bad_input():
+    with pytest.raises(ValueError, match='3 blocks, valid hook points '
+                       r'are 0\.\.3'):
+        tiny_rn_backbone(interactions=[dict(
+            after=[(1, 2), (2, 3), (4, 4)], module=TINY_BRIDGER_RN)])
+    with pytest.raises(ValueError, match=r'BridgerRN.vis_dims\[1\]=100 '
+                       'does not match the visual tower width 128 at hook '
+                       r'point \(2, 3\)'):
+        tiny_rn_backbone(interactions=[dict(
+            after=[(1, 2), (2, 3), (3, 4)],
+            module=dict(TINY_BRIDGER_RN, vis_dims=(64, 100, 256)))])
+    with pytest.raises(ValueError, match='txt_dim=512 does not match the '
+                       'text tower width 24'):
+        tiny_rn_backbone(interactions=[dict(
+            after=[(1, 2), (2, 3), (3, 4)],
+            module=dict(TINY_BRIDGER_RN, txt_dim=512))])
+    with pytest.raises(ValueError, match='shortcuts .*needs a CLIPViT'):
+        tiny_rn_backbone(shortcuts=dict(type='SNF'))
+    with pytest.raises(ValueError, match='LIMPrompts edits the token '
+                       'sequences'):
+        tiny_rn_backbone(interactions=[dict(
+            after=(0, 0), module=dict(type='LIMPrompts', visual_dim=64,
+                                      text_dim=24))])
+
+
+def tiny_rn_segmentor() -> nn.Module:
+    torch.manual_seed(0)
+    model = MODELS.build(dict(
+        type='RefSegmentor',
+        data_preprocessor=dict(type='SegDataPreProcessor', mean=[0, 0, 0],
+                               std=[1, 1, 1], seg_pad_val=0),
+        backbone=dict(type='DualEncoderBackbone', visual=TINY_RN,
+                      text=TINY_TEXT,
+                      interactions=[dict(after=[(1, 2), (2, 3), (3, 4)],
+                                         module=TINY_BRIDGER_RN)],
+                      visual_taps=(1, 2), trainable=RN_TRAINABLE),
+        text_encoder=None,
+        fusion=dict(type='HANeck', in_channels=[64, 128, 16], channels=16,
+                    strides=[2, 1, 2], text_channels=20, num_heads=2),
+        decode_head=dict(type='CRISHead', in_channels=16, channels=8,
+                         sent_channels=20, text_channels=24, num_layers=1,
+                         num_heads=2, ffn_channels=32, loss_decode=BCE),
+        train_cfg=dict(), test_cfg=dict(mode='whole')))
+    model.init_weights()
+    return model
+
+
+def test_tiny_etris_rn_trains_only_adapters_head_and_positions():
+    model = tiny_rn_segmentor().train()
+    rn = model.backbone.visual
+    bns = [m for m in rn.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)  # eval, even connect's
+    stats = {n: b.clone() for n, b in rn.named_buffers()}
+    losses = model(torch.randn(2, 3, 64, 64), samples(tokens(5, 8)),
+                   mode='loss')
+    losses['decode.loss_ce'].backward()
+    expected = ('backbone.interactions.', 'fusion.', 'decode_head.',
+                'backbone.visual.attnpool.positional_embedding',
+                'backbone.text.clip.text_model.embeddings.position_embedding')
+    for name, p in model.named_parameters():
+        if name.startswith(expected):
+            assert p.requires_grad and p.grad is not None, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+    # The random `connect` stays frozen (upstream ETRIS).
+    assert not rn.attnpool.connect[0].weight.requires_grad
+    # Gradient reaches the first Bridger stage through frozen layer3/4.
+    assert float(model.backbone.interactions[0].stages[0].zoom_in.weight
+                 .grad.abs().sum()) > 0
+    # Frozen BN statistics did not move in the training forward.
+    for n, b in rn.named_buffers():
+        assert torch.equal(b, stats[n]), n
+
+
+def head_params(c3: int, c4: int, c5: int, sent: int,
+                strides=(2, 1, 2), c: int = 512, ffn: int = 512,
+                layers: int = 3, proj: int = 256) -> int:
+    """ETRIS HA + GA + projector by hand (ris_methods.md 2.4, 3.4).
+
+    HA: Linear(sent, c); conv k = s (c3), conv k = s (c4), deconv k = s
+    (c5) (RN strides 2, 1, 2; ViT 1, 1, 1), each bias-free + BN; 3 one-key
+    MHA(c); 1x1 (3c -> c), CoordConv 3x3 (c + 2 -> c), 3x3, each bias-free
+    + BN. GA: per layer self- and cross-MHA(c),
+    FFN c -> ffn -> LN(ffn) -> c, 5 LayerNorm(c); a final LayerNorm.
+    Projector: 3x3 c -> c + BN, 3x3 c -> proj + BN, 1x1 proj -> proj
+    (bias), Linear(sent, proj * 9 + 1)."""
+    bn, mha = 2 * c, 4 * c * c + 4 * c
+    k3, k4, k5 = (s * s for s in strides)
+    ha = (sent * c + c) + (c3 * c * k3 + bn) + (c4 * c * k4 + bn) + (
+        c5 * c * k5 + bn) + 3 * mha + (3 * c * c + bn) + (
+            (c + 2) * c * 9 + bn) + (c * c * 9 + bn)
+    ga = layers * (2 * mha + (c * ffn + ffn) + 2 * ffn + (ffn * c + c) +
+                   5 * 2 * c) + 2 * c
+    projector = (c * c * 9 + bn) + (c * proj * 9 + 2 * proj) + (
+        proj * proj + proj) + (sent * (proj * 9 + 1) + proj * 9 + 1)
+    return ha + ga + projector
+
+
+@pytest.mark.parametrize('arch,c5,sent,paper', [('r50', 1024, 1024, 26.74),
+                                                ('r101', 512, 512, 24.24)])
+def test_etris_rn_full_size_parameters_and_taps(arch, c5, sent, paper):
+    """Head = hand count (ris_methods.md 3.4 gives 26.74M / 24.24M);
+    BridgerRN 1,942,080 (3.3); trainable = Bridger + head + positional
+    embeddings (attnpool 50 x 2048, text 77 x 512); taps 512 x 52^2,
+    1024 x 26^2, c5 x 13^2 at 416 (shapes on the meta device)."""
+    cfg = Config.fromfile(ETRIS_RN_CFGS[arch])
+    with torch.device('meta'):
+        model = MODELS.build(cfg.model)
+        bb = model.backbone
+        bb.text._check_tokens = lambda t: None  # no values on meta
+        out = bb(torch.zeros(1, 3, 416, 416),
+                 torch.zeros(1, 17, dtype=torch.long))
+        fused, _ = model.fusion(out.visual, out.text)
+    head = n_params(model.fusion) + n_params(model.decode_head)
+    assert head == head_params(512, 1024, c5, sent)
+    assert round(head / 1e6, 2) == paper
+    assert n_params(bb.interactions[0]) == 1_942_080
+    trainable = sum(p.numel() for p in model.parameters()
+                    if p.requires_grad)
+    assert trainable == 1_942_080 + head + 50 * 2048 + 77 * 512
+    assert [tuple(v.shape) for v in out.visual] == [
+        (1, 512, 52, 52), (1, 1024, 26, 26), (1, c5, 13, 13)]
+    assert tuple(out.text.sent_feat.shape) == (1, sent)
+    assert tuple(fused.shape) == (1, 512, 26, 26)
+
+
+def test_head_hand_count_reproduces_the_vit_figure():
+    """The same hand count gives ris_methods.md's ViT-B/16 head."""
+    assert head_params(768, 768, 512, 512, strides=(1, 1, 1)) == 22_671_361

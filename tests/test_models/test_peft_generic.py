@@ -1,12 +1,16 @@
 """Generic PEFT pieces (LoRA, bottleneck adapter), parameter accounting and
-ETRIS's ResNet Bridger (ris_methods.md 3.3)."""
+ETRIS's ResNet Bridger (ris_methods.md 3.3) and a LoRA config for
+CRIS's text encoder."""
 import copy
 import logging
+import os.path as osp
 
 import pytest
 import torch
 import torch.nn as nn
+from mmengine.config import Config
 from mmengine.logging import MMLogger
+from mmengine.optim import build_optim_wrapper
 
 from mmseg.registry import MODELS
 from ris_plugins.models.adapters.bottleneck import BottleneckAdapter
@@ -14,6 +18,9 @@ from ris_plugins.models.adapters.bridger_rn import BridgerRN
 from ris_plugins.models.adapters.lora import LoRA
 from ris_plugins.utils.param_report import (format_param_table,
                                             log_param_table, param_table)
+
+from ..conftest import ROOT
+from .test_etris import samples, tokens
 
 TINY_CLIP_TEXT = dict(
     type='RefCLIPTextEncoder',
@@ -300,3 +307,90 @@ def test_bridger_rn_bad_input():
         BridgerRN(vis_dims=(8, 16), strides=(2, 1, 2))
     with pytest.raises(ValueError, match="'down' or 'up'"):
         BridgerRN(zoom_modes=('down', 'down', 'sideways'))
+
+
+# -------------------------------------------- LoRA in CRIS's text encoder
+CRIS_LORA_CFG = osp.join(ROOT, 'configs', 'cris',
+                         'cris-lora_r50-clip_8xb8-50e_refcoco-416x416.py')
+
+
+def tiny_cris_lora_cfg() -> Config:
+    """The CRIS-LoRA config with its sizes shrunk (tiny CLIP RN w = 8,
+    2-layer width-32 CLIP text, narrow neck and head); LoRA as shipped."""
+    cfg = Config.fromfile(CRIS_LORA_CFG)
+    m = cfg.model
+    m.data_preprocessor.size = None
+    m.backbone.update(base_channels=8, stage_blocks=(1, 1, 1, 1),
+                      num_attn_heads=2, output_dim=16)
+    m.text_encoder.module.update(
+        context_length=8,
+        config=dict(hidden_size=32, intermediate_size=64,
+                    num_hidden_layers=2, num_attention_heads=2,
+                    projection_dim=16))
+    m.fusion.update(in_channels=[64, 128, 16], out_channels=[16, 32, 64],
+                    text_channels=16)
+    m.decode_head.update(in_channels=32, channels=16, sent_channels=16,
+                         text_channels=32, num_layers=1, num_heads=2,
+                         ffn_channels=64)
+    return cfg
+
+
+def test_cris_lora_config_wraps_the_text_encoder():
+    cfg = Config.fromfile(CRIS_LORA_CFG)
+    te = cfg.model.text_encoder
+    assert te.type == 'LoRA' and te.module.type == 'RefCLIPTextEncoder'
+    assert (te.rank, te.alpha) == (8, 16)
+    assert cfg.model.backbone.type == 'CLIPResNet'  # the rest is CRIS
+    # Full size: 12 layers x (q, v) x (512 x 8 + 8 x 512) LoRA weights.
+    with torch.device('meta'):
+        text = MODELS.build(te)
+    lora = sum(p.numel() for p in text.parameters() if p.requires_grad)
+    assert lora == 12 * 2 * (512 * 8 + 8 * 512) == 196_608
+    # Frozen CLIP text tower by hand: tokens 49408 x 512, positions 77 x
+    # 512, 12 x (4 Linear 512^2 + 2 MLP 512 x 2048 + biases + 2 LN), final
+    # LN, text_projection 512 x 1024 (no bias).
+    layer = 4 * (512 * 512 + 512) + 2 * 512 * 2048 + 2048 + 512 + 4 * 512
+    tower = 49408 * 512 + 77 * 512 + 12 * layer + 2 * 512 + 512 * 1024
+    assert sum(p.numel() for p in text.parameters()) == tower + lora
+    assert all('.lora_' in n for n, p in text.named_parameters()
+               if p.requires_grad)
+
+
+def test_tiny_cris_lora_trains_only_lora_in_the_text_encoder():
+    cfg = tiny_cris_lora_cfg()
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.train()
+    losses = model(
+        torch.randn(2, 3, 64, 64), samples(tokens(5, 8)), mode='loss')
+    loss = sum(v for k, v in losses.items() if 'loss' in k)
+    loss.backward()
+    text_grads = {
+        n for n, p in model.text_encoder.named_parameters()
+        if p.grad is not None
+    }
+    # 2 layers x (q_proj, v_proj) x (lora_down, lora_up).
+    assert len(text_grads) == 8 and all('.lora_' in n for n in text_grads)
+    assert all(p.grad is not None for n, p in model.named_parameters()
+               if n.startswith(('backbone.layer1', 'fusion', 'decode_head'))
+               and p.requires_grad)
+    # Optimizer from the config's paramwise_cfg (plain OptimWrapper on
+    # CPU): LoRA at the base lr, the CLIP visual tower at 0.1x.
+    optim_cfg = copy.deepcopy(cfg.optim_wrapper)
+    optim_cfg.type = 'OptimWrapper'
+    optim_cfg.pop('loss_scale')
+    wrapper = build_optim_wrapper(model, optim_cfg)
+    lrs = {id(p): g['lr'] for g in wrapper.optimizer.param_groups
+           for p in g['params']}
+    lora_up = model.text_encoder.module.clip.text_model.encoder.layers[
+        0].self_attn.q_proj.lora_up.weight
+    frozen_q = model.text_encoder.module.clip.text_model.encoder.layers[
+        0].self_attn.q_proj.original_layer.weight
+    assert lrs[id(lora_up)] == pytest.approx(1e-4)
+    assert lrs[id(model.backbone.conv1.weight)] == pytest.approx(1e-5)
+    before = frozen_q.detach().clone()
+    assert float(lora_up.detach().abs().sum()) == 0  # identity at init
+    wrapper.step()
+    assert float(lora_up.detach().abs().sum()) > 0
+    assert torch.equal(frozen_q, before)

@@ -1,5 +1,6 @@
-"""A frozen CLIP visual tower and CLIP text tower run layer by layer,
-together, with adapters called at named hook points (ETRIS, BarLeRIa)."""
+"""A frozen CLIP visual tower (ViT or ResNet) and CLIP text tower run layer
+by layer, together, with adapters called at named hook points (ETRIS,
+BarLeRIa)."""
 from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -12,7 +13,11 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from ..text_encoders import TextFeatures
+from .clip_resnet import CLIPResNet
 from .clip_vit import CLIPViT
+
+# ResNet "blocks" of the runner: block i (1-based) is this stage.
+RESNET_BLOCKS = ('layer2', 'layer3', 'layer4')
 
 
 @dataclass
@@ -21,11 +26,14 @@ class DualEncoderState:
     write it in place.
 
     Attributes:
-        vis (Tensor): (B, N_v, C_v) visual sequence
-            ``[CLS, prompts (vis_prefix - 1), patches (h * w)]``.
+        vis (Tensor): ViT (``layout='tokens'``): (B, N_v, C_v) visual
+            sequence ``[CLS, prompts (vis_prefix - 1), patches (h * w)]``;
+            ResNet (``layout='map'``): the (B, C_v, h, w) map of the last
+            stage run.
         txt (Tensor): (B, L', C_t) text sequence ``[prepended (txt_prefix),
             the L embedded tokens]``.
-        grid (tuple[int, int]): (h, w) patch grid.
+        grid (tuple[int, int]): (h, w) patch grid (ResNet: of the current
+            map).
         tokens (Tensor): (B, L) CLIP-BPE ids of the sentence.
         pad_mask (Tensor): (B, L') bool, True at padding (ids == 0) of the
             text sequence; prepended tokens are never padding.
@@ -37,7 +45,8 @@ class DualEncoderState:
         txt_done (int): Text blocks run so far.
         patch_taps (dict[int, Tensor]): 1-based visual block -> (B, h * w,
             C_v) patch tokens after that block (and after the adapters
-            hooked there).
+            hooked there); ResNet: the (B, C_v, h, w) map.
+        layout (str): 'tokens' (ViT) or 'map' (ResNet).
     """
     vis: Tensor
     txt: Tensor
@@ -50,6 +59,7 @@ class DualEncoderState:
     vis_done: int = 0
     txt_done: int = 0
     patch_taps: Dict[int, Tensor] = field(default_factory=dict)
+    layout: str = 'tokens'
 
     @property
     def eot_index(self) -> Tensor:
@@ -57,13 +67,20 @@ class DualEncoderState:
         return self.tokens.argmax(dim=-1) + self.txt_prefix
 
     def patches(self) -> Tensor:
-        """Patch tokens as a map (B, C_v, h, w) (CLS and prompts dropped)."""
+        """Patch tokens as a map (B, C_v, h, w) (CLS and prompts dropped);
+        ResNet: the current map itself."""
+        if self.layout == 'map':
+            return self.vis
         x = self.vis[:, self.vis_prefix:]  # (B, h*w, C_v)
         b, _, c = x.shape
         return x.transpose(1, 2).reshape(b, c, *self.grid)
 
     def set_patches(self, x: Tensor) -> None:
         """Replace the patch tokens by the map x (B, C_v, h, w)."""
+        if self.layout == 'map':
+            self.vis = x
+            self.grid = tuple(x.shape[-2:])
+            return
         x = x.flatten(2).transpose(1, 2)  # (B, h*w, C_v)
         self.vis = torch.cat([self.vis[:, :self.vis_prefix], x], dim=1)
 
@@ -75,7 +92,13 @@ class DualEncoderState:
             prompts (Tensor): (B, P, C_v).
             key_mask (Tensor, optional): (B, P) bool, True where the prompt
                 must be hidden from attention (e.g. it comes from padding).
+
+        Raises:
+            ValueError: The visual tower is a ResNet (no token sequence).
         """
+        if self.layout == 'map':
+            raise ValueError('prepend_visual needs a token sequence (CLIPViT '
+                             'visual tower); a CLIPResNet tower has none')
         b, p, _ = prompts.shape
         self.vis = torch.cat(
             [self.vis[:, :1], prompts, self.vis[:, 1:]], dim=1)
@@ -201,13 +224,25 @@ def _pairs(after) -> List[Tuple[int, int]]:
 @MODELS.register_module()
 class DualEncoderBackbone(BaseModule):
     """Frozen CLIP visual and text towers run block by block, together,
-    with adapters at named hook points: one mechanism for ETRIS's Bridger
-    (``kkakkkka/ETRIS: model/bridger.py`` ``Bridger_ViT``) and BarLeRIa's
-    SNF / LIM / GST (``NastrondAd/BarLeRIa: model/intertwiner.py``,
-    ``snf.py``, ``model/segmenter.py``); ``shared/docs/ris_methods.md`` 3,
-    4. The towers stay the library modules (:class:`CLIPViT` on mmpretrain
-    and :class:`RefCLIPTextEncoder` on ``transformers``); nothing of CLIP is
+    with adapters at named hook points: one mechanism for ETRIS's Bridgers
+    (``kkakkkka/ETRIS: model/bridger.py`` ``Bridger_ViT``, ``Bridger_RN``)
+    and BarLeRIa's SNF / LIM / GST (``NastrondAd/BarLeRIa:
+    model/intertwiner.py``, ``snf.py``, ``model/segmenter.py``);
+    ``shared/docs/ris_methods.md`` 3, 4. The towers stay the library modules (:class:`CLIPViT` on mmpretrain
+    or :class:`CLIPResNet` on mmpretrain's ``ModifiedResNet``, and
+    :class:`RefCLIPTextEncoder` on ``transformers``); nothing of CLIP is
     copied.
+
+    **ResNet visual tower** (ETRIS RN50 / RN101, ``ris_methods.md`` 3.3):
+    the stem and ``layer1`` are the "embedding" (visual block 0, (B, 4w,
+    H/4, W/4)); visual blocks 1, 2, 3 are ``layer2``, ``layer3``,
+    ``layer4`` ((B, 8w, H/8, W/8), (B, 16w, H/16, W/16), (B, 32w, H/32,
+    W/32)); adapters get and return the map itself; the final map is
+    ``attnpool`` (CRIS's dense pool with ``connect``) of the ``layer4`` map
+    after the adapters there, (B, output_dim, H/32, W/32). ETRIS hooks its
+    Bridger at (1, 4), (2, 8), (3, 12) and taps blocks (1, 2): RN50 at 416
+    gives 512 x 52^2, 1024 x 26^2 and 1024 x 13^2. Shortcut modules, side
+    networks and token-editing modules (``forward_state``) need a ViT.
 
     **Hook points.** ``(v, t)`` means "after visual block v and text block
     t" (1-based; 0 = after the embeddings: patch embedding + CLS +
@@ -242,28 +277,32 @@ class DualEncoderBackbone(BaseModule):
 
     **Outputs** (:class:`DualEncoderOutput`): the patch maps after the
     ``visual_taps`` blocks (after the adapters hooked there), the final map
-    ``ln_post(patches) @ proj`` (B, D, h, w), then the side output; text
-    as :class:`RefCLIPTextEncoder` (``ln_final`` words, EOT @
-    ``text_projection``, pad mask), prepended text tokens included.
+    ``ln_post(patches) @ proj`` (B, D, h, w) (ResNet: ``attnpool``), then
+    the side output; text as :class:`RefCLIPTextEncoder` (``ln_final``
+    words, EOT @ ``text_projection``, pad mask), prepended text tokens
+    included.
 
     **Freezing.** Both towers get ``requires_grad=False`` except parameters
     whose names contain a ``trainable`` entry (ETRIS / BarLeRIa: the two
-    positional embeddings), and stay in eval mode in ``train()`` (no
-    dropout, frozen norm statistics). Gradients still flow *through* the
-    towers to adapters inside them. Adapters, shortcuts and the side
-    network train normally.
+    positional embeddings; ResNet: ``attnpool.positional_embedding``), and
+    stay in eval mode in ``train()`` (no dropout; the ResNet's BatchNorm
+    running statistics, ``connect``'s included, never change). Gradients
+    still flow *through* the towers to adapters inside them. Adapters,
+    shortcuts and the side network train normally.
 
     ``RefSegmentor`` sees ``encodes_text = True`` and calls
     ``backbone(img, tokens, mask)`` instead of running a text encoder.
 
     Args:
-        visual (dict): Visual tower config (``CLIPViT``).
+        visual (dict): Visual tower config (``CLIPViT`` or
+            ``CLIPResNet``).
         text (dict): Text tower config (``RefCLIPTextEncoder``).
         interactions (Sequence[dict]): ``dict(after=..., module=...)``.
         shortcuts (dict, optional): Shortcut module config (``SNF``).
         side_net (dict, optional): Side network config (``GSTSideNet``).
         visual_taps (Sequence[int]): 1-based visual blocks whose patch maps
-            are returned before the final map (ETRIS: (4, 8)).
+            are returned before the final map (ETRIS: ViT (4, 8), ResNet
+            (1, 2)).
         side_taps (Sequence[int], optional): 1-based blocks fed to the side
             network when it has no ``clip_blocks``.
         side_loss_weight (float): Weight of the side network's auxiliary
@@ -273,13 +312,16 @@ class DualEncoderBackbone(BaseModule):
         init_cfg (dict, optional): Initialisation config.
 
     Raises:
-        TypeError: The visual tower is not a :class:`CLIPViT` or the text
-            tower has no ``transformers`` CLIP text model.
+        TypeError: The visual tower is neither a :class:`CLIPViT` nor a
+            :class:`CLIPResNet`, or the text tower has no ``transformers``
+            CLIP text model.
         ValueError: A hook point or tap outside the towers (the message
             lists the valid range), hook points that go backwards in one
             tower, a module whose number of hook points does not match its
-            ``num_stages``, a ``trainable`` entry that matches nothing, or
-            shortcut / side widths that do not match the towers.
+            ``num_stages``, a ``trainable`` entry that matches nothing,
+            adapter / shortcut / side widths that do not match the towers
+            (both numbers named), or shortcuts, a side network or a
+            ``forward_state`` module with a ResNet tower.
     """
 
     encodes_text = True
@@ -299,16 +341,28 @@ class DualEncoderBackbone(BaseModule):
         super().__init__(init_cfg=init_cfg)
         self.visual = MODELS.build(visual)
         self.text = MODELS.build(text)
-        if not isinstance(self.visual, CLIPViT):
-            raise TypeError(f'DualEncoderBackbone needs a CLIPViT visual '
-                            f'tower, got {type(self.visual).__name__}')
+        if not isinstance(self.visual, (CLIPViT, CLIPResNet)):
+            raise TypeError(f'DualEncoderBackbone needs a CLIPViT or '
+                            f'CLIPResNet visual tower, got '
+                            f'{type(self.visual).__name__}')
         if not hasattr(getattr(self.text, 'clip', None), 'text_model'):
             raise TypeError(
                 f'DualEncoderBackbone needs a RefCLIPTextEncoder-like text '
                 f'tower (.clip.text_model), got {type(self.text).__name__}')
-        self.num_visual = len(self.visual.layers)
+        self.is_resnet = isinstance(self.visual, CLIPResNet)
+        if self.is_resnet:
+            # Width after visual block 0 (stem + layer1) .. 3 (layer4).
+            self.visual_widths = tuple(
+                getattr(self.visual, n)[-1].bn3.num_features
+                for n in ('layer1', ) + RESNET_BLOCKS)
+            self.visual_dim = None
+            self._check_resnet_only(shortcuts, side_net)
+        else:
+            self.visual_dim = self.visual.embed_dims
+            self.visual_widths = (self.visual_dim, ) * (
+                len(self.visual.layers) + 1)
+        self.num_visual = len(self.visual_widths) - 1
         self.num_text = len(self.text.clip.text_model.encoder.layers)
-        self.visual_dim = self.visual.embed_dims
         self.text_dim = self.text.clip.config.hidden_size
         self.visual_taps = tuple(visual_taps)
         for v in self.visual_taps:
@@ -340,6 +394,15 @@ class DualEncoderBackbone(BaseModule):
 
     # ---------------------------------------------------------------- build
     @staticmethod
+    def _check_resnet_only(shortcuts: Optional[dict],
+                           side_net: Optional[dict]) -> None:
+        for name, cfg in (('shortcuts', shortcuts), ('side_net', side_net)):
+            if cfg is not None:
+                raise ValueError(
+                    f'{name} ({cfg.get("type")}) needs a CLIPViT visual '
+                    f'tower (token blocks); this one is a CLIPResNet')
+
+    @staticmethod
     def _check_block(what: str, index: int, depth: int, low: int = 0):
         if not low <= index <= depth:
             raise ValueError(
@@ -352,17 +415,31 @@ class DualEncoderBackbone(BaseModule):
             raise ValueError(f'{name}.{attr}={got} does not match the '
                              f'encoder width {expected}')
 
-    def _check_module_widths(self, module: nn.Module) -> None:
-        """Compare an adapter's declared widths with the towers'."""
-        want = dict(visual_dim=self.visual_dim, text_dim=self.text_dim,
-                    txt_dim=self.text_dim)
-        for attr, width in want.items():
+    def _check_module_widths(self, module: nn.Module,
+                             points: List[Tuple[int, int]]) -> None:
+        """Compare an adapter's declared widths with the towers' at its
+        hook points: ``visual_dim`` (one width) or ``vis_dims`` (one per
+        step), ``text_dim`` / ``txt_dim``."""
+        name = type(module).__name__
+        for attr in ('text_dim', 'txt_dim'):
             got = getattr(module, attr, None)
-            if isinstance(got, int) and got != width:
+            if isinstance(got, int) and got != self.text_dim:
+                raise ValueError(f'{name}.{attr}={got} does not match the '
+                                 f'text tower width {self.text_dim}')
+        single = getattr(module, 'visual_dim', None)
+        per_step = getattr(module, 'vis_dims', None)
+        for k, (v, t) in enumerate(points):
+            if isinstance(single, int):
+                attr, got = 'visual_dim', single
+            elif per_step is not None and k < len(per_step):
+                attr, got = f'vis_dims[{k}]', per_step[k]
+            else:
+                continue
+            width = self.visual_widths[v]
+            if got != width:
                 raise ValueError(
-                    f'{type(module).__name__}.{attr}={got} does not match '
-                    f'the {"visual" if attr == "visual_dim" else "text"} '
-                    f'tower width {width}')
+                    f'{name}.{attr}={got} does not match the visual tower '
+                    f'width {width} at hook point ({v}, {t})')
 
     def _build_interactions(self, interactions: Sequence[dict]) -> None:
         self.interactions = nn.ModuleList()
@@ -373,7 +450,11 @@ class DualEncoderBackbone(BaseModule):
                                  f'module=...), got keys {sorted(spec)}')
             module = MODELS.build(spec['module'])
             points = _pairs(spec['after'])
-            self._check_module_widths(module)
+            if self.is_resnet and hasattr(module, 'forward_state'):
+                raise ValueError(
+                    f'{type(module).__name__} edits the token sequences '
+                    f'(forward_state) and needs a CLIPViT visual tower; '
+                    f'this one is a CLIPResNet')
             stages = getattr(module, 'num_stages', None)
             if stages is not None and stages != len(points):
                 raise ValueError(
@@ -385,6 +466,7 @@ class DualEncoderBackbone(BaseModule):
                 self._check_block(f'{type(module).__name__} hook ({v}, {t}) '
                                   'text', t, self.num_text)
                 hooks.append((v, t, m, k))
+            self._check_module_widths(module, points)
             self.interactions.append(module)
         hooks.sort()
         for (v0, t0, *_), (v1, t1, *_) in zip(hooks, hooks[1:]):
@@ -422,6 +504,14 @@ class DualEncoderBackbone(BaseModule):
 
     # -------------------------------------------------------------- forward
     def _embed(self, img: Tensor, tokens: Tensor) -> DualEncoderState:
+        self.text._check_tokens(tokens)
+        t = self.text.clip.text_model.embeddings(
+            input_ids=tokens)  # (B, L, C_t)
+        if self.is_resnet:
+            x = self._resnet_stem(img)  # (B, 4w, H/4, W/4)
+            return DualEncoderState(
+                vis=x, txt=t, grid=tuple(x.shape[-2:]), tokens=tokens,
+                pad_mask=tokens == 0, vis_prefix=0, layout='map')
         vit = self.visual
         x, grid = vit.patch_embed(img)  # (B, h*w, C_v)
         cls = vit.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, C_v)
@@ -431,12 +521,19 @@ class DualEncoderBackbone(BaseModule):
             mode=vit.interpolate_mode,
             num_extra_tokens=vit.num_extra_tokens)
         x = vit.pre_norm(vit.drop_after_pos(x))  # (B, 1 + h*w, C_v)
-        self.text._check_tokens(tokens)
-        t = self.text.clip.text_model.embeddings(
-            input_ids=tokens)  # (B, L, C_t)
         return DualEncoderState(
             vis=x, txt=t, grid=tuple(grid), tokens=tokens,
             pad_mask=tokens == 0)
+
+    def _resnet_stem(self, img: Tensor) -> Tensor:
+        """CLIP ResNet stem + layer1, as ``CLIPResNet.forward``: (B, 3, H,
+        W) -> (B, 4w, H/4, W/4)."""
+        rn = self.visual
+        x = img.type(rn.conv1.weight.dtype)
+        for conv, bn in ((rn.conv1, rn.bn1), (rn.conv2, rn.bn2),
+                         (rn.conv3, rn.bn3)):
+            x = rn.relu(bn(conv(x)))  # (B, w, H/2, W/2)
+        return rn.layer1(rn.avgpool(x))  # (B, 4w, H/4, W/4)
 
     def _shortcuts(self, tower: str, index: int):
         if self.shortcut_module is None:
@@ -447,6 +544,11 @@ class DualEncoderBackbone(BaseModule):
         while state.vis_done < upto:
             self._save_taps(state)
             i = state.vis_done
+            if self.is_resnet:
+                stage = getattr(self.visual, RESNET_BLOCKS[i])
+                state.set_patches(stage(state.vis))  # (B, C_i, h_i, w_i)
+                state.vis_done += 1
+                continue
             state.vis = vit_block(self.visual.layers[i], state.vis,
                                   state.vis_key_mask,
                                   self._shortcuts('visual', i))
@@ -467,7 +569,8 @@ class DualEncoderBackbone(BaseModule):
         (called before the next block, so after its adapters)."""
         v = state.vis_done
         if v in self.visual_taps or v in self.side_taps:
-            state.patch_taps[v] = state.vis[:, state.vis_prefix:]
+            state.patch_taps[v] = (state.vis if self.is_resnet else
+                                   state.vis[:, state.vis_prefix:])
 
     def _call(self, index: int, state: DualEncoderState, step: int,
               ladders: dict) -> None:
@@ -480,6 +583,24 @@ class DualEncoderBackbone(BaseModule):
             prev=ladders.get(index))
         state.set_patches(vis)
         state.txt = txt
+
+    def _visual_levels(self, state: DualEncoderState) -> List[Tensor]:
+        """The tapped maps and the final map (ViT: ``ln_post @ proj``;
+        ResNet: ``attnpool``), each (B, C, h, w)."""
+        if self.is_resnet:
+            levels = [state.patch_taps[v] for v in self.visual_taps]
+            levels.append(self.visual.attnpool(state.vis))  # (B, D, h, w)
+            return levels
+        b, c = state.vis.shape[0], self.visual_dim
+        levels = [
+            state.patch_taps[v].transpose(1, 2).reshape(b, c, *state.grid)
+            for v in self.visual_taps
+        ]  # (B, C_v, h, w) each
+        final = self.visual.ln1(state.vis[:, state.vis_prefix:])
+        if self.visual.output_dim is not None:
+            final = final @ self.visual.proj  # (B, h*w, D)
+        levels.append(final.transpose(1, 2).reshape(b, -1, *state.grid))
+        return levels
 
     def forward(self,
                 img: Tensor,
@@ -506,15 +627,8 @@ class DualEncoderBackbone(BaseModule):
         self._advance_visual(state, self.num_visual)
         self._advance_text(state, self.num_text)
         self._save_taps(state)
-        b, c = state.vis.shape[0], self.visual_dim
-        levels = [
-            state.patch_taps[v].transpose(1, 2).reshape(b, c, *state.grid)
-            for v in self.visual_taps
-        ]  # (B, C_v, h, w) each
-        final = self.visual.ln1(state.vis[:, state.vis_prefix:])
-        if self.visual.output_dim is not None:
-            final = final @ self.visual.proj  # (B, h*w, D)
-        levels.append(final.transpose(1, 2).reshape(b, -1, *state.grid))
+        b = state.vis.shape[0]
+        levels = self._visual_levels(state)
         text_model = self.text.clip.text_model
         words = text_model.final_layer_norm(state.txt)  # (B, L', C_t)
         batch = torch.arange(b, device=words.device)
