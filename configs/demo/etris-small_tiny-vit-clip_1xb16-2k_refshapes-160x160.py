@@ -7,39 +7,13 @@
 # ETRIS's accuracy. Dataset, runtime and the 2k-iteration AdamW schedule are
 # the baseline demo's.
 _base_ = [
-    '../_base_/models/etris_vit-b16.py', '../_base_/datasets/refshapes.py',
+    '../_base_/models/etris_vit-b16.py',
+    '../_base_/datasets/refshapes_clip-160.py',
     '../_base_/default_runtime.py', '../_base_/schedules/schedule_2k_adamw.py'
 ]
-img_scale = (160, 160)
-context_length = 20
-pad_val = (104.09373615, 116.7460125, 122.7709383)  # CLIP mean, BGR
-tokenizer = dict(
-    type='TokenizeText', tokenizer='clip', context_length=context_length)
-meta_keys = {{_base_.meta_keys}}
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadRefMask'),
-    dict(type='RefRandomFlip', prob=0.5),
-    dict(type='Letterbox', scale=img_scale, pad_val=pad_val),
-    tokenizer,
-    dict(type='PackSegInputs', meta_keys=meta_keys),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Letterbox', scale=img_scale, pad_val=pad_val),
-    dict(type='LoadRefMask'),
-    tokenizer,
-    dict(type='PackSegInputs', meta_keys=meta_keys),
-]
-train_dataloader = dict(
-    batch_size=16, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(batch_size=16, dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(type='RefSegMetric', threshold=0.35, pr_op='>')
-test_evaluator = val_evaluator
 tiny_norm = dict(type='BN', requires_grad=True)
 model = dict(
-    data_preprocessor=dict(size=img_scale),
+    data_preprocessor=dict(size=_base_.img_scale),
     backbone=dict(
         visual=dict(
             arch=dict(
@@ -51,7 +25,7 @@ model = dict(
             img_size=160,
             output_dim=64),
         text=dict(
-            context_length=context_length,
+            context_length=_base_.context_length,
             config=dict(
                 hidden_size=64,
                 intermediate_size=256,

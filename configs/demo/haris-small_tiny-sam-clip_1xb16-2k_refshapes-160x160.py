@@ -9,39 +9,26 @@
 # runtime and the 2k-iteration AdamW schedule are the baseline demo's.
 _base_ = [
     '../_base_/models/haris_sam-vit-b_clip.py',
-    '../_base_/datasets/refshapes.py', '../_base_/default_runtime.py',
-    '../_base_/schedules/schedule_2k_adamw.py'
+    '../_base_/datasets/refshapes_clip-160.py',
+    '../_base_/default_runtime.py', '../_base_/schedules/schedule_2k_adamw.py'
 ]
-img_scale = (160, 160)
-context_length = 20
 pad_val = (103.53, 116.28, 123.675)  # SAM's mean, BGR
-tokenizer = dict(
-    type='TokenizeText', tokenizer='clip', context_length=context_length)
-meta_keys = {{_base_.meta_keys}}
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadRefMask'),
-    dict(type='RefRandomFlip', prob=0.5),
-    dict(type='Letterbox', scale=img_scale, pad_val=pad_val),
-    tokenizer,
-    dict(type='PackSegInputs', meta_keys=meta_keys),
+    dict(t, pad_val=pad_val) if t.type == 'Letterbox' else t
+    for t in _base_.train_pipeline
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Letterbox', scale=img_scale, pad_val=pad_val),
-    dict(type='LoadRefMask'),
-    tokenizer,
-    dict(type='PackSegInputs', meta_keys=meta_keys),
+    dict(t, pad_val=pad_val) if t.type == 'Letterbox' else t
+    for t in _base_.test_pipeline
 ]
-train_dataloader = dict(
-    batch_size=16, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(batch_size=16, dataset=dict(pipeline=test_pipeline))
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='RefSegMetric', threshold=0.5, pr_op='>')
+val_evaluator = dict(threshold=0.5)
 test_evaluator = val_evaluator
 dims = 64
 model = dict(
-    data_preprocessor=dict(size=img_scale),
+    data_preprocessor=dict(size=_base_.img_scale),
     backbone=dict(
         arch=dict(
             _delete_=True,
@@ -50,13 +37,13 @@ model = dict(
             num_heads=4,
             feedforward_channels=4 * dims,
             global_attn_indexes=[1, 3, 5]),
-        img_size=img_scale[0],
+        img_size=_base_.img_scale[0],
         patch_size=16,
         window_size=5,
         out_indices=None,
         out_channels=dims),
     text_encoder=dict(
-        context_length=context_length,
+        context_length=_base_.context_length,
         config=dict(
             hidden_size=dims,
             intermediate_size=4 * dims,

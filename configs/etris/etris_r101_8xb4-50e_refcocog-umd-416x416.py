@@ -1,13 +1,6 @@
-# ETRIS with frozen CLIP RN101 on G-Ref (UMD),
-# 22 tokens: the attention pool and the
-# text projection are 512 wide (RN50: 1024), so the HA neck's last input,
-# its sentence width and the projector's sentence width are 512
-# (upstream config/*/bridge_r101.yaml: fpn_in [512, 1024, 512], word_dim
-# 512). The Bridger is RN50's (layer widths 512 / 1024 / 2048 are the
-# same). Trainable: BridgerRN 1,942,080 + head 24,244,225 + positional
-# embeddings (50 x 2048 + 77 x 512). Convert OpenAI's RN101.pt with
-# tools/model_converters/clip_to_ris.py (see configs/_base_/models/
-# etris_r50.py).
+# ETRIS with frozen CLIP RN101 on G-Ref (UMD), 22 tokens: the RN50 G-Ref
+# data settings with the RN101 model (see
+# etris_r101_8xb4-50e_refcoco-416x416.py for the widths).
 _base_ = ['./etris_r50_8xb4-50e_refcocog-umd-416x416.py']
 model = dict(
     backbone=dict(

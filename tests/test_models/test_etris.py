@@ -13,8 +13,9 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from ris_plugins.models import BridgerViT, CRISHead, HANeck, TextFeatures
-from ris_plugins.models.backbones.dual_encoder import (DualEncoderBackbone,
-                                                       vit_attention)
+from ris_plugins.models.backbones._dual_encoder.vit_tower import \
+    vit_attention
+from ris_plugins.models.backbones.dual_encoder import DualEncoderBackbone
 
 from ..conftest import ROOT
 

@@ -1,216 +1,26 @@
 """A frozen CLIP visual tower (ViT or ResNet) and CLIP text tower run layer
 by layer, together, with adapters called at named hook points (ETRIS,
-BarLeRIa)."""
-from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+BarLeRIa). This module is the runner: hook points, validation, freezing
+and the forward loop; stepping each tower is in ``_dual_encoder/``."""
+from typing import List, Optional, Sequence, Tuple
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.model import BaseModule
-from mmpretrain.models.utils import resize_pos_embed
 from torch import Tensor
 
 from mmseg.registry import MODELS
-from ..text_encoders import TextFeatures
+from ._dual_encoder.resnet_tower import ResNetTower
+from ._dual_encoder.state import DualEncoderOutput, DualEncoderState
+from ._dual_encoder.text_tower import (check_text_tower, embed_text,
+                                       run_text_block, text_features)
+from ._dual_encoder.vit_tower import ViTTower
 from .clip_resnet import CLIPResNet
 from .clip_vit import CLIPViT
 
-# ResNet "blocks" of the runner: block i (1-based) is this stage.
-RESNET_BLOCKS = ('layer2', 'layer3', 'layer4')
+__all__ = ['DualEncoderBackbone', 'DualEncoderOutput', 'DualEncoderState']
 
-
-@dataclass
-class DualEncoderState:
-    """Everything the two towers carry between blocks; adapters read and
-    write it in place.
-
-    Attributes:
-        vis (Tensor): ViT (``layout='tokens'``): (B, N_v, C_v) visual
-            sequence ``[CLS, prompts (vis_prefix - 1), patches (h * w)]``;
-            ResNet (``layout='map'``): the (B, C_v, h, w) map of the last
-            stage run.
-        txt (Tensor): (B, L', C_t) text sequence ``[prepended (txt_prefix),
-            the L embedded tokens]``.
-        grid (tuple[int, int]): (h, w) patch grid (ResNet: of the current
-            map).
-        tokens (Tensor): (B, L) CLIP-BPE ids of the sentence.
-        pad_mask (Tensor): (B, L') bool, True at padding (ids == 0) of the
-            text sequence; prepended tokens are never padding.
-        vis_prefix (int): Tokens before the patches (1 = the CLS token).
-        txt_prefix (int): Tokens prepended to the text.
-        vis_key_mask (Tensor, optional): (B, N_v) bool, True at visual
-            tokens other tokens must not attend to (padded prompts).
-        vis_done (int): Visual blocks run so far (0 = embeddings only).
-        txt_done (int): Text blocks run so far.
-        patch_taps (dict[int, Tensor]): 1-based visual block -> (B, h * w,
-            C_v) patch tokens after that block (and after the adapters
-            hooked there); ResNet: the (B, C_v, h, w) map.
-        layout (str): 'tokens' (ViT) or 'map' (ResNet).
-    """
-    vis: Tensor
-    txt: Tensor
-    grid: Tuple[int, int]
-    tokens: Tensor
-    pad_mask: Tensor
-    vis_prefix: int = 1
-    txt_prefix: int = 0
-    vis_key_mask: Optional[Tensor] = None
-    vis_done: int = 0
-    txt_done: int = 0
-    patch_taps: Dict[int, Tensor] = field(default_factory=dict)
-    layout: str = 'tokens'
-
-    @property
-    def eot_index(self) -> Tensor:
-        """(B,) position of CLIP's EOT token (the largest id) in ``txt``."""
-        return self.tokens.argmax(dim=-1) + self.txt_prefix
-
-    def patches(self) -> Tensor:
-        """Patch tokens as a map (B, C_v, h, w) (CLS and prompts dropped);
-        ResNet: the current map itself."""
-        if self.layout == 'map':
-            return self.vis
-        x = self.vis[:, self.vis_prefix:]  # (B, h*w, C_v)
-        b, _, c = x.shape
-        return x.transpose(1, 2).reshape(b, c, *self.grid)
-
-    def set_patches(self, x: Tensor) -> None:
-        """Replace the patch tokens by the map x (B, C_v, h, w)."""
-        if self.layout == 'map':
-            self.vis = x
-            self.grid = tuple(x.shape[-2:])
-            return
-        x = x.flatten(2).transpose(1, 2)  # (B, h*w, C_v)
-        self.vis = torch.cat([self.vis[:, :self.vis_prefix], x], dim=1)
-
-    def prepend_visual(self, prompts: Tensor,
-                       key_mask: Optional[Tensor] = None) -> None:
-        """Insert prompt tokens (B, P, C_v) right after the CLS token.
-
-        Args:
-            prompts (Tensor): (B, P, C_v).
-            key_mask (Tensor, optional): (B, P) bool, True where the prompt
-                must be hidden from attention (e.g. it comes from padding).
-
-        Raises:
-            ValueError: The visual tower is a ResNet (no token sequence).
-        """
-        if self.layout == 'map':
-            raise ValueError('prepend_visual needs a token sequence (CLIPViT '
-                             'visual tower); a CLIPResNet tower has none')
-        b, p, _ = prompts.shape
-        self.vis = torch.cat(
-            [self.vis[:, :1], prompts, self.vis[:, 1:]], dim=1)
-        if key_mask is not None or self.vis_key_mask is not None:
-            old = self.vis_key_mask
-            if old is None:
-                old = self.vis.new_zeros(b, self.vis.shape[1] - p,
-                                         dtype=torch.bool)
-            if key_mask is None:
-                key_mask = old.new_zeros(b, p)
-            self.vis_key_mask = torch.cat([old[:, :1], key_mask, old[:, 1:]],
-                                          dim=1)  # (B, N_v)
-        self.vis_prefix += p
-
-    def prepend_text(self, tokens: Tensor) -> None:
-        """Prepend tokens (B, P, C_t) to the text; they are real tokens
-        (not padding), and the EOT index moves by P."""
-        p = tokens.shape[1]
-        self.txt = torch.cat([tokens, self.txt], dim=1)  # (B, P + L', C_t)
-        self.pad_mask = torch.cat(
-            [self.pad_mask.new_zeros(tokens.shape[0], p), self.pad_mask],
-            dim=1)
-        self.txt_prefix += p
-
-
-class DualEncoderOutput(NamedTuple):
-    """What :class:`DualEncoderBackbone` returns.
-
-    Attributes:
-        visual (tuple[Tensor]): Visual levels for the neck: the
-            ``visual_taps`` maps (B, C_v, h, w), the projected final map
-            (B, D, h, w) and, with a side network, its output (B, D_s, h,
-            w) last.
-        text (TextFeatures): word_feats (B, L', C_t) (``ln_final``),
-            sent_feat (B, D_t) (EOT token @ ``text_projection``), pad_mask
-            (B, L').
-        losses (dict[str, Tensor]): Auxiliary losses (side network).
-    """
-    visual: Tuple[Tensor, ...]
-    text: TextFeatures
-    losses: Dict[str, Tensor]
-
-
-def vit_attention(attn: nn.Module, x: Tensor,
-                  key_mask: Optional[Tensor] = None) -> Tensor:
-    """mmpretrain ``MultiheadAttention.forward`` with an optional key
-    padding mask (the library module has none).
-
-    Args:
-        attn (nn.Module): mmpretrain ``MultiheadAttention`` (its ``qkv``,
-            ``proj``, ``proj_drop``, ``gamma1``, ``out_drop`` are used).
-        x (Tensor): (B, N, C).
-        key_mask (Tensor, optional): (B, N) bool, True = not attended to.
-            None gives exactly ``attn(x)``.
-
-    Returns:
-        Tensor: (B, N, C).
-    """
-    if key_mask is None:
-        return attn(x)
-    b, n, _ = x.shape
-    qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads,
-                              attn.head_dims).permute(2, 0, 3, 1, 4)
-    allowed = ~key_mask[:, None, None, :]  # (B, 1, 1, N)
-    out = F.scaled_dot_product_attention(
-        qkv[0], qkv[1], qkv[2], attn_mask=allowed,
-        dropout_p=attn.attn_drop if attn.training else 0.)  # (B, h, N, d)
-    out = attn.proj(out.transpose(1, 2).reshape(b, n, attn.embed_dims))
-    return attn.out_drop(attn.gamma1(attn.proj_drop(out)))  # (B, N, C)
-
-
-def vit_block(layer: nn.Module, x: Tensor,
-              key_mask: Optional[Tensor] = None,
-              shortcuts: Optional[Tuple[nn.Module, nn.Module]] = None
-              ) -> Tensor:
-    """mmpretrain ``TransformerEncoderLayer`` with optional key mask and
-    shortcut transforms (SNF): ``x = s1(x) + Attn(LN1 x)``, ``x = s2(x) +
-    FFN(LN2 x)``. With neither it is exactly ``layer(x)``. (B, N, C) in
-    and out."""
-    if key_mask is None and shortcuts is None:
-        return layer(x)
-    s1, s2 = shortcuts if shortcuts is not None else (None, None)
-    a = vit_attention(layer.attn, layer.ln1(x), key_mask)  # (B, N, C)
-    x = (s1(x) if s1 is not None else x) + a
-    res = s2(x) if s2 is not None else x
-    return layer.ffn(layer.ln2(x), identity=res)  # (B, N, C)
-
-
-def clip_text_block(layer: nn.Module, x: Tensor, causal: Tensor,
-                    shortcuts: Optional[Tuple[nn.Module, nn.Module]] = None
-                    ) -> Tensor:
-    """``transformers`` ``CLIPEncoderLayer`` with optional shortcut
-    transforms (SNF): ``x = s1(x) + Attn(LN1 x)``, ``x = s2(x) + MLP(LN2
-    x)``; without them exactly the library layer. x (B, L, C), causal
-    (1, 1, L, L) additive mask."""
-    if shortcuts is None:
-        return layer(x, None, causal)[0]
-    s1, s2 = shortcuts
-    a = layer.self_attn(
-        hidden_states=layer.layer_norm1(x),
-        attention_mask=None,
-        causal_attention_mask=causal)[0]  # (B, L, C)
-    x = s1(x) + a
-    return s2(x) + layer.mlp(layer.layer_norm2(x))  # (B, L, C)
-
-
-def causal_mask(length: int, ref: Tensor) -> Tensor:
-    """CLIP's causal mask for ``length`` tokens: (1, 1, L, L) additive,
-    the dtype's minimum above the diagonal (as ``transformers``)."""
-    mask = torch.full((length, length), torch.finfo(ref.dtype).min,
-                      dtype=ref.dtype, device=ref.device)
-    return mask.triu(1)[None, None]
+# Visual tower class -> its driver (``_dual_encoder/__init__.py``).
+VISUAL_DRIVERS = ((CLIPViT, ViTTower), (CLIPResNet, ResNetTower))
 
 
 def _pairs(after) -> List[Tuple[int, int]]:
@@ -228,10 +38,12 @@ class DualEncoderBackbone(BaseModule):
     (``kkakkkka/ETRIS: model/bridger.py`` ``Bridger_ViT``, ``Bridger_RN``)
     and BarLeRIa's SNF / LIM / GST (``NastrondAd/BarLeRIa:
     model/intertwiner.py``, ``snf.py``, ``model/segmenter.py``);
-    ``shared/docs/ris_methods.md`` 3, 4. The towers stay the library modules (:class:`CLIPViT` on mmpretrain
-    or :class:`CLIPResNet` on mmpretrain's ``ModifiedResNet``, and
-    :class:`RefCLIPTextEncoder` on ``transformers``); nothing of CLIP is
-    copied.
+    ``shared/docs/ris_methods.md`` 3, 4. The towers stay the library
+    modules (:class:`CLIPViT` on mmpretrain or :class:`CLIPResNet` on
+    mmpretrain's ``ModifiedResNet``, and :class:`RefCLIPTextEncoder` on
+    ``transformers``); nothing of CLIP is copied. Stepping each tower one
+    block at a time is in ``_dual_encoder/`` (``vit_tower.py``,
+    ``resnet_tower.py``, ``text_tower.py``).
 
     **ResNet visual tower** (ETRIS RN50 / RN101, ``ris_methods.md`` 3.3):
     the stem and ``layer1`` are the "embedding" (visual block 0, (B, 4w,
@@ -270,8 +82,7 @@ class DualEncoderBackbone(BaseModule):
     towers as ``out, aux = side_net(img, clip_feats, words, pad_mask)``
     with ``clip_feats`` = {1-based visual block: (B, h * w, C_v) patch
     tokens} for the blocks in its ``clip_blocks`` (or ``side_taps``), the
-    final
-    words (B, L', C_t) and pad mask; ``out`` (B, D_s, h, w) is appended to
+    final words (B, L', C_t) and pad mask; ``out`` (B, D_s, h, w) is appended to
     the visual levels and ``aux * side_loss_weight`` is returned as
     ``losses['loss_side']``.
 
@@ -341,26 +152,21 @@ class DualEncoderBackbone(BaseModule):
         super().__init__(init_cfg=init_cfg)
         self.visual = MODELS.build(visual)
         self.text = MODELS.build(text)
-        if not isinstance(self.visual, (CLIPViT, CLIPResNet)):
+        drivers = [
+            d for cls, d in VISUAL_DRIVERS if isinstance(self.visual, cls)
+        ]
+        if not drivers:
             raise TypeError(f'DualEncoderBackbone needs a CLIPViT or '
                             f'CLIPResNet visual tower, got '
                             f'{type(self.visual).__name__}')
-        if not hasattr(getattr(self.text, 'clip', None), 'text_model'):
-            raise TypeError(
-                f'DualEncoderBackbone needs a RefCLIPTextEncoder-like text '
-                f'tower (.clip.text_model), got {type(self.text).__name__}')
-        self.is_resnet = isinstance(self.visual, CLIPResNet)
+        check_text_tower(self.text)
+        self._tower = drivers[0]
+        self.is_resnet = self._tower is ResNetTower
         if self.is_resnet:
-            # Width after visual block 0 (stem + layer1) .. 3 (layer4).
-            self.visual_widths = tuple(
-                getattr(self.visual, n)[-1].bn3.num_features
-                for n in ('layer1', ) + RESNET_BLOCKS)
-            self.visual_dim = None
-            self._check_resnet_only(shortcuts, side_net)
-        else:
-            self.visual_dim = self.visual.embed_dims
-            self.visual_widths = (self.visual_dim, ) * (
-                len(self.visual.layers) + 1)
+            self._check_vit_only(shortcuts, side_net)
+        # Width after visual block 0 (embedding) .. N; token width (ViT).
+        self.visual_widths = self._tower.widths(self.visual)
+        self.visual_dim = None if self.is_resnet else self.visual.embed_dims
         self.num_visual = len(self.visual_widths) - 1
         self.num_text = len(self.text.clip.text_model.encoder.layers)
         self.text_dim = self.text.clip.config.hidden_size
@@ -378,24 +184,15 @@ class DualEncoderBackbone(BaseModule):
         self.side_net = None
         self.side_taps: Tuple[int, ...] = ()
         if side_net is not None:
-            self.side_net = MODELS.build(side_net)
-            taps = getattr(self.side_net, 'clip_blocks', None) or side_taps
-            if not taps:
-                raise ValueError('side_net has no clip_blocks: give '
-                                 'side_taps (1-based visual blocks)')
-            for v in taps:
-                self._check_block('side_net taps', v, self.num_visual,
-                                  low=1)
-            self.side_taps = tuple(taps)
-            self._check_width('side_net', 'clip_dim', self.visual_dim)
-            self._check_width('side_net', 'text_dim', self.text_dim)
+            self._build_side_net(side_net, side_taps)
         self.side_loss_weight = side_loss_weight
         self._freeze(trainable)
 
     # ---------------------------------------------------------------- build
     @staticmethod
-    def _check_resnet_only(shortcuts: Optional[dict],
-                           side_net: Optional[dict]) -> None:
+    def _check_vit_only(shortcuts: Optional[dict],
+                        side_net: Optional[dict]) -> None:
+        """Shortcuts and side networks work on token blocks (ViT only)."""
         for name, cfg in (('shortcuts', shortcuts), ('side_net', side_net)):
             if cfg is not None:
                 raise ValueError(
@@ -409,11 +206,23 @@ class DualEncoderBackbone(BaseModule):
                 f'{what}: block {index} does not exist; this tower has '
                 f'{depth} blocks, valid hook points are {low}..{depth}')
 
-    def _check_width(self, name: str, attr: str, expected: int) -> None:
-        got = getattr(self.side_net, attr, None)
-        if got is not None and got != expected:
-            raise ValueError(f'{name}.{attr}={got} does not match the '
-                             f'encoder width {expected}')
+    def _build_side_net(self, cfg: dict,
+                        side_taps: Optional[Sequence[int]]) -> None:
+        """Build the side network, its taps and check its widths."""
+        self.side_net = MODELS.build(cfg)
+        taps = getattr(self.side_net, 'clip_blocks', None) or side_taps
+        if not taps:
+            raise ValueError('side_net has no clip_blocks: give '
+                             'side_taps (1-based visual blocks)')
+        for v in taps:
+            self._check_block('side_net taps', v, self.num_visual, low=1)
+        self.side_taps = tuple(taps)
+        for attr, expected in (('clip_dim', self.visual_dim), ('text_dim',
+                                                               self.text_dim)):
+            got = getattr(self.side_net, attr, None)
+            if got is not None and got != expected:
+                raise ValueError(f'side_net.{attr}={got} does not match '
+                                 f'the encoder width {expected}')
 
     def _check_module_widths(self, module: nn.Module,
                              points: List[Tuple[int, int]]) -> None:
@@ -449,22 +258,23 @@ class DualEncoderBackbone(BaseModule):
                 raise ValueError(f'interaction {m} must be dict(after=..., '
                                  f'module=...), got keys {sorted(spec)}')
             module = MODELS.build(spec['module'])
+            name = type(module).__name__
             points = _pairs(spec['after'])
             if self.is_resnet and hasattr(module, 'forward_state'):
                 raise ValueError(
-                    f'{type(module).__name__} edits the token sequences '
-                    f'(forward_state) and needs a CLIPViT visual tower; '
-                    f'this one is a CLIPResNet')
+                    f'{name} edits the token sequences (forward_state) and '
+                    f'needs a CLIPViT visual tower; this one is a '
+                    f'CLIPResNet')
             stages = getattr(module, 'num_stages', None)
             if stages is not None and stages != len(points):
                 raise ValueError(
-                    f'{type(module).__name__} has num_stages={stages} but '
-                    f'is hooked at {len(points)} points {points}')
+                    f'{name} has num_stages={stages} but is hooked at '
+                    f'{len(points)} points {points}')
             for k, (v, t) in enumerate(points):
-                self._check_block(f'{type(module).__name__} hook ({v}, {t}) '
-                                  'visual', v, self.num_visual)
-                self._check_block(f'{type(module).__name__} hook ({v}, {t}) '
-                                  'text', t, self.num_text)
+                self._check_block(f'{name} hook ({v}, {t}) visual', v,
+                                  self.num_visual)
+                self._check_block(f'{name} hook ({v}, {t}) text', t,
+                                  self.num_text)
                 hooks.append((v, t, m, k))
             self._check_module_widths(module, points)
             self.interactions.append(module)
@@ -504,36 +314,16 @@ class DualEncoderBackbone(BaseModule):
 
     # -------------------------------------------------------------- forward
     def _embed(self, img: Tensor, tokens: Tensor) -> DualEncoderState:
-        self.text._check_tokens(tokens)
-        t = self.text.clip.text_model.embeddings(
-            input_ids=tokens)  # (B, L, C_t)
-        if self.is_resnet:
-            x = self._resnet_stem(img)  # (B, 4w, H/4, W/4)
-            return DualEncoderState(
-                vis=x, txt=t, grid=tuple(x.shape[-2:]), tokens=tokens,
-                pad_mask=tokens == 0, vis_prefix=0, layout='map')
-        vit = self.visual
-        x, grid = vit.patch_embed(img)  # (B, h*w, C_v)
-        cls = vit.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, C_v)
-        x = torch.cat([cls, x], dim=1)
-        x = x + resize_pos_embed(
-            vit.pos_embed, vit.patch_resolution, grid,
-            mode=vit.interpolate_mode,
-            num_extra_tokens=vit.num_extra_tokens)
-        x = vit.pre_norm(vit.drop_after_pos(x))  # (B, 1 + h*w, C_v)
+        txt = embed_text(self.text, tokens)  # (B, L, C_t)
+        vis, grid = self._tower.embed(self.visual, img)
         return DualEncoderState(
-            vis=x, txt=t, grid=tuple(grid), tokens=tokens,
-            pad_mask=tokens == 0)
-
-    def _resnet_stem(self, img: Tensor) -> Tensor:
-        """CLIP ResNet stem + layer1, as ``CLIPResNet.forward``: (B, 3, H,
-        W) -> (B, 4w, H/4, W/4)."""
-        rn = self.visual
-        x = img.type(rn.conv1.weight.dtype)
-        for conv, bn in ((rn.conv1, rn.bn1), (rn.conv2, rn.bn2),
-                         (rn.conv3, rn.bn3)):
-            x = rn.relu(bn(conv(x)))  # (B, w, H/2, W/2)
-        return rn.layer1(rn.avgpool(x))  # (B, 4w, H/4, W/4)
+            vis=vis,
+            txt=txt,
+            grid=grid,
+            tokens=tokens,
+            pad_mask=tokens == 0,
+            vis_prefix=self._tower.vis_prefix,
+            layout=self._tower.layout)
 
     def _shortcuts(self, tower: str, index: int):
         if self.shortcut_module is None:
@@ -544,24 +334,14 @@ class DualEncoderBackbone(BaseModule):
         while state.vis_done < upto:
             self._save_taps(state)
             i = state.vis_done
-            if self.is_resnet:
-                stage = getattr(self.visual, RESNET_BLOCKS[i])
-                state.set_patches(stage(state.vis))  # (B, C_i, h_i, w_i)
-                state.vis_done += 1
-                continue
-            state.vis = vit_block(self.visual.layers[i], state.vis,
-                                  state.vis_key_mask,
+            self._tower.run_block(self.visual, state, i,
                                   self._shortcuts('visual', i))
             state.vis_done += 1
 
     def _advance_text(self, state: DualEncoderState, upto: int) -> None:
-        layers = self.text.clip.text_model.encoder.layers
         while state.txt_done < upto:
             i = state.txt_done
-            state.txt = clip_text_block(
-                layers[i], state.txt, causal_mask(state.txt.shape[1],
-                                                  state.txt),
-                self._shortcuts('text', i))
+            run_text_block(self.text, state, i, self._shortcuts('text', i))
             state.txt_done += 1
 
     def _save_taps(self, state: DualEncoderState) -> None:
@@ -569,8 +349,7 @@ class DualEncoderBackbone(BaseModule):
         (called before the next block, so after its adapters)."""
         v = state.vis_done
         if v in self.visual_taps or v in self.side_taps:
-            state.patch_taps[v] = (state.vis if self.is_resnet else
-                                   state.vis[:, state.vis_prefix:])
+            state.patch_taps[v] = self._tower.tap(state)
 
     def _call(self, index: int, state: DualEncoderState, step: int,
               ladders: dict) -> None:
@@ -579,34 +358,18 @@ class DualEncoderBackbone(BaseModule):
             module.forward_state(state, step)
             return
         vis, txt, ladders[index] = module(
-            step, state.patches(), state.txt, pad_mask=state.pad_mask,
+            step,
+            state.patches(),
+            state.txt,
+            pad_mask=state.pad_mask,
             prev=ladders.get(index))
         state.set_patches(vis)
         state.txt = txt
 
-    def _visual_levels(self, state: DualEncoderState) -> List[Tensor]:
-        """The tapped maps and the final map (ViT: ``ln_post @ proj``;
-        ResNet: ``attnpool``), each (B, C, h, w)."""
-        if self.is_resnet:
-            levels = [state.patch_taps[v] for v in self.visual_taps]
-            levels.append(self.visual.attnpool(state.vis))  # (B, D, h, w)
-            return levels
-        b, c = state.vis.shape[0], self.visual_dim
-        levels = [
-            state.patch_taps[v].transpose(1, 2).reshape(b, c, *state.grid)
-            for v in self.visual_taps
-        ]  # (B, C_v, h, w) each
-        final = self.visual.ln1(state.vis[:, state.vis_prefix:])
-        if self.visual.output_dim is not None:
-            final = final @ self.visual.proj  # (B, h*w, D)
-        levels.append(final.transpose(1, 2).reshape(b, -1, *state.grid))
-        return levels
-
     def forward(self,
                 img: Tensor,
                 tokens: Tensor,
-                attention_mask: Optional[Tensor] = None
-                ) -> DualEncoderOutput:
+                attention_mask: Optional[Tensor] = None) -> DualEncoderOutput:
         """Run both towers with the adapters.
 
         Args:
@@ -617,6 +380,10 @@ class DualEncoderBackbone(BaseModule):
 
         Returns:
             DualEncoderOutput: see the class doc.
+
+        Raises:
+            ValueError: ``tokens`` not 2-D, longer than the text tower's
+                ``context_length`` or without an EOT token.
         """
         state = self._embed(img, tokens)
         ladders = {}  # module index -> state carried between its steps
@@ -627,18 +394,13 @@ class DualEncoderBackbone(BaseModule):
         self._advance_visual(state, self.num_visual)
         self._advance_text(state, self.num_text)
         self._save_taps(state)
-        b = state.vis.shape[0]
-        levels = self._visual_levels(state)
-        text_model = self.text.clip.text_model
-        words = text_model.final_layer_norm(state.txt)  # (B, L', C_t)
-        batch = torch.arange(b, device=words.device)
-        sent = self.text.clip.text_projection(
-            words[batch, state.eot_index])  # (B, D_t)
-        text = TextFeatures(words, sent, state.pad_mask)
+        levels = self._tower.levels(self.visual, state, self.visual_taps)
+        text = text_features(self.text, state)
         losses = {}
         if self.side_net is not None:
             feats = {v: state.patch_taps[v] for v in self.side_taps}
-            side, aux = self.side_net(img, feats, words, state.pad_mask)
+            side, aux = self.side_net(img, feats, text.word_feats,
+                                      state.pad_mask)
             levels.append(side)  # (B, D_s, h, w)
             losses['loss_side'] = aux * self.side_loss_weight
         return DualEncoderOutput(tuple(levels), text, losses)
