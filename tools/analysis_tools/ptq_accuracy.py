@@ -69,7 +69,7 @@ def run_model(name, cfg_path, ckpt, args) -> list:
     if args.data_root:
         for key in ('train_dataloader', 'val_dataloader'):
             cfg[key].dataset.data_root = args.data_root
-    cfg.val_dataloader.num_workers = 0
+    cfg.val_dataloader.batch_size = args.batch_size
     cfg.val_dataloader.persistent_workers = False
     if args.val_samples:
         cfg.val_dataloader.dataset.indices = args.val_samples
@@ -118,7 +118,9 @@ def main():
     parser.add_argument('--methods', nargs='+', default=list(METHODS))
     parser.add_argument('--ablation', nargs='*',
                         default=['drq-only', 'rorq-only', 'ptq4ris_faithful'])
-    parser.add_argument('--val-samples', type=int, default=None)
+    parser.add_argument('--val-samples', type=int, default=None,
+                        help='evaluate on the first N samples of the split')
+    parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--data-root', default=None)
     parser.add_argument('--out', default='work_dirs/ptq_accuracy')
     args = parser.parse_args()
