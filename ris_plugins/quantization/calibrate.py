@@ -56,7 +56,8 @@ def subsample(kind: str, args: tuple, max_rows: int) -> tuple:
         for dim in range(2, x.dim()):
             start = max(0, (x.shape[dim] - side) // 2)
             x = x.narrow(dim, start, min(side, x.shape[dim]))
-        return (x.float().cpu(), )
+        # a copy: a view would keep the whole activation alive
+        return (x.float().cpu().clone(), )
     a, b = (t.detach() for t in args)
     lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     a = a.expand(*lead, *a.shape[-2:])  # (B', H, N, K)
