@@ -82,7 +82,7 @@ class InputCache:
         self.caches: Dict[str, list] = {n: [] for n in state.layers}
         self.position = 0
         self._handles = [
-            layer.register_forward_pre_hook(self._hook(name, _kind_of(layer)))
+            layer.register_forward_pre_hook(self._hook(name, layer.KIND))
             for name, layer in state.layers.items()]
 
     def _hook(self, name: str, kind: str) -> Callable:
@@ -111,9 +111,6 @@ class InputCache:
         return [torch.cat([e[1][i] for e in entries]) for i in range(num)]
 
 
-def _kind_of(layer: nn.Module) -> str:
-    return {'QuantLinear': 'Linear', 'QuantMatMul': 'MatMul'}.get(
-        type(layer).__name__, 'Conv')
 
 
 def all_gather_caches(caches: Dict[str, list]) -> Dict[str, list]:
@@ -307,7 +304,7 @@ def calibrate(state: QuantState,
     for n, (name, layer) in enumerate(state.layers.items()):
         inputs = cache.merged(name)
         cache.caches[name] = None  # free as we go
-        kind = _kind_of(layer)
+        kind = layer.KIND
         tick = time.perf_counter()
         _init_layer(layer, kind, inputs)
         times['init'] += time.perf_counter() - tick

@@ -26,6 +26,7 @@ class _QuantMixin:
     """
 
     float_cls: type
+    KIND: str  # 'Linear', 'Conv' or 'MatMul'
     QUANTIZER_NAMES = ('w_quantizer', 'a_quantizer')
 
     def quantizers(self) -> dict:
@@ -41,6 +42,8 @@ class QuantLinear(_QuantMixin, nn.Linear):
     the output channel (dim 0 of W) when per-channel.
     """
 
+    KIND = 'Linear'
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.a_quantizer(x) if self.a_quantizer is not None else x
         w = self.weight
@@ -55,6 +58,8 @@ class QuantConv(_QuantMixin, nn.Module):
     created per float class by :func:`quant_class_for`.
     """
 
+    KIND = 'Conv'
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.a_quantizer(x) if self.a_quantizer is not None else x
         w = self.weight
@@ -66,6 +71,7 @@ class QuantMatMul(_QuantMixin, MatMul):
     """``Q_a(a) @ Q_b(b)`` for the attention products exposed by the
     attention adapters: a (B, H, N, K), b (B, H, K, M) -> (B, H, N, M)."""
 
+    KIND = 'MatMul'
     QUANTIZER_NAMES = ('a_quantizer', 'b_quantizer')
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
