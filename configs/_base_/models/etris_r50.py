@@ -32,23 +32,13 @@
 # from the converted `text_encoder.*` keys renamed to `backbone.text.*`
 # (e.g. with `load_from` on a renamed copy); `connect` and the head stay
 # random.
-norm_cfg = dict(type='BN', requires_grad=True)
-# CLIP's mean / std on the 0-255 scale, RGB.
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[122.7709383, 116.7460125, 104.09373615],
-    std=[68.5005327, 66.6321579, 70.32316305],
-    bgr_to_rgb=True,
-    pad_val=0,
-    seg_pad_val=0)
+_base_ = ['./etris_vit-b16.py']  # same head; ResNet tower and widths here
 model = dict(
-    type='RefSegmentor',
-    data_preprocessor=data_preprocessor,
     backbone=dict(
-        type='DualEncoderBackbone',
         # input_size=224 sizes the 7 x 7 (+1) positional table of OpenAI's
         # checkpoint; it is resized to the input grid on every forward.
         visual=dict(
+            _delete_=True,
             type='CLIPResNet',
             depth=50,
             base_channels=64,
@@ -56,10 +46,7 @@ model = dict(
             num_attn_heads=32,
             output_dim=1024),
         # OpenAI's text tower (width 512, 12 layers); EOT @ projection 1024.
-        text=dict(
-            type='RefCLIPTextEncoder',
-            context_length=17,
-            config=dict(projection_dim=1024)),
+        text=dict(config=dict(projection_dim=1024)),
         interactions=[
             dict(
                 after=[(1, 4), (2, 8), (3, 12)],
@@ -80,32 +67,6 @@ model = dict(
         # layer2 and layer3 maps after their Bridger stage.
         visual_taps=(1, 2),
         trainable=('attnpool.positional_embedding', 'position_embedding')),
-    text_encoder=None,
     fusion=dict(
-        type='HANeck',
-        in_channels=[512, 1024, 1024],
-        channels=512,
-        strides=[2, 1, 2],
-        text_channels=1024,
-        num_heads=8,
-        norm_cfg=norm_cfg),
-    decode_head=dict(
-        type='CRISHead',
-        in_channels=512,
-        channels=256,
-        sent_channels=1024,
-        num_layers=3,
-        num_heads=8,
-        ffn_channels=512,
-        decoder_dropout=0.1,
-        kernel_size=3,
-        loss_at='logits',
-        num_classes=2,
-        out_channels=1,
-        threshold=0.35,
-        norm_cfg=norm_cfg,
-        align_corners=False,
-        loss_decode=dict(
-            type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0)),
-    train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+        in_channels=[512, 1024, 1024], strides=[2, 1, 2], text_channels=1024),
+    decode_head=dict(sent_channels=1024))
