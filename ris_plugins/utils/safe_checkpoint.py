@@ -20,11 +20,17 @@ through attribute chains, so this module instead
    written in the old format by a trusted source load only when their path is
    listed in the environment variable :data:`TRUSTED_ENV` (a ``os.pathsep``
    separated list of files), and each such load is logged as a warning.
+
+Every load in the package and its tools goes through :func:`safe_torch_load`,
+which passes ``weights_only=True`` explicitly (so torch's own escape hatch
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot turn it off), refuses to run while
+that switch is set unless the file is trusted, and names the file in every
+error (missing, truncated, zero-byte or refused).
 """
 import os
 import os.path as osp
 import pickle
-from typing import Callable, List, Optional, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,6 +38,8 @@ from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
 TRUSTED_ENV = 'RIS_TRUSTED_CHECKPOINTS'
+#: torch's switch that turns ``weights_only`` off where a caller omits it.
+FORCE_UNSAFE_ENV = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
 
 SAFE_GLOBALS: List[Callable] = [
     HistoryBuffer,
@@ -61,10 +69,71 @@ def trusted_checkpoints() -> List[str]:
     return [osp.abspath(p) for p in value.split(os.pathsep) if p]
 
 
+def _force_unsafe_set() -> bool:
+    return os.environ.get(FORCE_UNSAFE_ENV, '0').lower() in ('1', 'y', 'yes',
+                                                             'true')
+
+
+def _is_trusted(filename: str) -> bool:
+    return osp.abspath(filename) in trusted_checkpoints()
+
+
+def safe_torch_load(filename: str,
+                    map_location: Optional[Union[str, Callable]] = 'cpu',
+                    allowed_globals: Sequence[Any] = ()) -> Any:
+    """``torch.load(filename, weights_only=True)`` with clear errors.
+
+    Args:
+        filename (str): Path of a file written by ``torch.save``.
+        map_location (str | callable, optional): As in ``torch.load``.
+            Defaults to ``'cpu'``.
+        allowed_globals (sequence): Extra classes allowed for this load only
+            (``torch.serialization.safe_globals``), e.g. exactly
+            ``argparse.Namespace`` for LAVT's training checkpoints.
+
+    Returns:
+        Any: The loaded object.
+
+    Raises:
+        FileNotFoundError: ``filename`` does not exist.
+        RuntimeError: ``$TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set and the
+            file is not listed in ``$RIS_TRUSTED_CHECKPOINTS``, or the file
+            is empty, truncated or not a torch file. The message names the
+            file.
+        pickle.UnpicklingError: The file holds a global outside the
+            allow-list (the message names the file and the global).
+    """
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint file {filename!r} does not exist')
+    if _force_unsafe_set() and not _is_trusted(filename):
+        raise RuntimeError(
+            f'refusing to load {filename!r}: ${FORCE_UNSAFE_ENV} is set, '
+            'which makes torch unpickle arbitrary code wherever a loader '
+            'omits weights_only. Unset it (ris_plugins loads mmengine '
+            'checkpoints safely without it), or list this file in '
+            f'${TRUSTED_ENV} if you trust it.')
+    if osp.getsize(filename) == 0:
+        raise RuntimeError(f'checkpoint file {filename!r} is empty (0 bytes)')
+    try:
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(
+                filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise pickle.UnpicklingError(
+            f'Refused to load {filename!r} with weights_only=True: '
+            f'{err}') from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise RuntimeError(
+            f'cannot read checkpoint file {filename!r} '
+            f'({osp.getsize(filename)} bytes; truncated or not written by '
+            f'torch.save?): {type(err).__name__}: {err}') from err
+
+
 def load_local_checkpoint(filename: str,
                           map_location: Optional[Union[str,
                                                        Callable]] = None):
-    """Load a local checkpoint with ``weights_only=True``.
+    """Load a local checkpoint with :func:`safe_torch_load`.
 
     Replaces mmengine's ``load_from_local`` (prefix ``''``), so ``load_from``,
     ``resume``, ``mim test --checkpoint`` and ``load_checkpoint`` all use it.
@@ -78,23 +147,20 @@ def load_local_checkpoint(filename: str,
 
     Raises:
         FileNotFoundError: ``filename`` does not exist.
+        RuntimeError: See :func:`safe_torch_load`.
         pickle.UnpicklingError: The checkpoint holds objects outside the
             allow-list and its path is not listed in
             ``$RIS_TRUSTED_CHECKPOINTS``. The message names the file and the
             refused global.
     """
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'checkpoint file {filename!r} does not exist')
     try:
-        return torch.load(filename, map_location=map_location)
+        return safe_torch_load(filename, map_location)
     except pickle.UnpicklingError as err:
-        if osp.abspath(filename) not in trusted_checkpoints():
+        if not _is_trusted(filename):
             raise pickle.UnpicklingError(
-                f'Refused to load {filename!r} with weights_only=True: {err}\n'
-                'If this checkpoint comes from a source you trust (e.g. it '
-                'was written by mmengine 0.10.7 before ris_plugins was '
-                'imported), list its path in the environment variable '
+                f'{err}\nIf this checkpoint comes from a source you trust '
+                '(e.g. it was written by mmengine 0.10.7 before ris_plugins '
+                'was imported), list its path in the environment variable '
                 f'{TRUSTED_ENV} to load it with full unpickling.') from err
     print_log(
         f'Loading {filename!r} with weights_only=False because it is listed '
