@@ -27,8 +27,64 @@ SPLITS: Dict[tuple, Sequence[str]] = {
 SENTENCE_MODES = ('random', 'all', 'first')
 
 
+# The only globals a refs pickle may name: builtin containers and scalars
+# (protocols 0-1 write sets, tuples-in-sets etc. through them). Python 2
+# names are mapped by ``fix_imports`` (``__builtin__.unicode`` -> ``str``).
+_SAFE_BUILTINS = frozenset({
+    'dict', 'list', 'tuple', 'set', 'frozenset', 'str', 'bytes', 'int',
+    'float', 'bool', 'complex'
+})
+REFS_PICKLE_GLOBALS = frozenset(
+    {('builtins', n) for n in _SAFE_BUILTINS} |
+    {('__builtin__', n) for n in _SAFE_BUILTINS | {'unicode', 'long'}})
+
+
+class RefusedGlobalError(pickle.UnpicklingError):
+    """A refs pickle names a global outside :data:`REFS_PICKLE_GLOBALS`."""
+
+
+class RefsUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only the globals in
+    :data:`REFS_PICKLE_GLOBALS`, so loading a refs file can never call a
+    function (``os.system``, ``eval``, a class constructor, ...).
+
+    Every route by which a pickle reaches code (``GLOBAL``,
+    ``STACK_GLOBAL``, ``INST``, ``OBJ`` and the copyreg ``EXT*`` opcodes)
+    goes through :meth:`find_class`; persistent ids are refused by the base
+    class.
+
+    Args:
+        file: Binary file object.
+        path (str): The file's path, for error messages.
+        encoding (str): How Python 2 ``str`` objects are decoded.
+
+    Raises:
+        RefusedGlobalError: From :meth:`load`, on any other global; the
+            message names the file and the global (``module.name`` as the
+            pickle spells it).
+    """
+
+    def __init__(self, file, path: str, encoding: str) -> None:
+        super().__init__(file, fix_imports=True, encoding=encoding)
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in REFS_PICKLE_GLOBALS:
+            allowed = sorted(f'builtins.{n}' for n in _SAFE_BUILTINS)
+            raise RefusedGlobalError(
+                f'refs file {self.path!r} refers to the global '
+                f'{module}.{name}, which a refs file never holds; refused '
+                f'without calling it (allowed: {allowed}). Do not use this '
+                'file.')
+        return super().find_class(module, name)
+
+
 def load_refer_pickle(path: str) -> List[dict]:
-    """Load ``refs(<splitBy>).p``, including Python-2-era pickles.
+    """Load ``refs(<splitBy>).p``, including Python-2-era pickles, without
+    running code from it (:class:`RefsUnpickler`).
+
+    Python 2 byte strings are decoded as ASCII, then as latin-1 if that
+    fails (the ``refer`` API's ``pickle.load(..., encoding=...)``).
 
     Args:
         path (str): Path of the pickle.
@@ -38,6 +94,9 @@ def load_refer_pickle(path: str) -> List[dict]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        RefusedGlobalError: The pickle names a global other than a builtin
+            container or scalar (a ``pickle.UnpicklingError``; the message
+            names the file and the global).
         ValueError: The file is not a readable list-of-refs pickle.
     """
     if not osp.isfile(path):
@@ -46,10 +105,12 @@ def load_refer_pickle(path: str) -> List[dict]:
     for encoding in ('ASCII', 'latin1'):
         try:
             with open(path, 'rb') as f:
-                refs = pickle.load(f, fix_imports=True, encoding=encoding)
+                refs = RefsUnpickler(f, path, encoding).load()
             break
         except UnicodeDecodeError:
             continue
+        except RefusedGlobalError:
+            raise
         except Exception as err:  # corrupt or truncated pickle
             raise ValueError(
                 f'cannot read refs file {path!r}: {type(err).__name__}: '

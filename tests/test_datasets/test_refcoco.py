@@ -145,3 +145,57 @@ def test_shuffled_text_is_a_derangement(refshapes_root):
     assert not (ref_ids[shuffled.permutation] == ref_ids).any()
     with pytest.raises(ValueError, match='random'):
         ShuffledTextDataset(build(refshapes_root, split='val'))
+
+
+class _RunsCode:
+    """Pickles as ``os.system(<command>)``: unpickling runs the command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command, ))
+
+
+class _Evals:
+    """Pickles as ``builtins.eval(<expression>)``, which creates ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (eval, (f'open({self.path!r}, "w")', ))
+
+
+@pytest.mark.parametrize('protocol', [0, 2, 4])
+def test_malicious_refs_pickle_runs_nothing(tmp_path, protocol):
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'refs(unc).p'
+    refs = [dict(ref_id=1, split='val', evil=_RunsCode(f'touch {marker}'))]
+    path.write_bytes(pickle.dumps(refs, protocol=protocol))
+    with pytest.raises(pickle.UnpicklingError) as info:
+        load_refer_pickle(str(path))
+    assert not marker.exists()
+    msg = str(info.value)
+    assert str(path) in msg
+    assert f'{os.system.__module__}.system' in msg  # posix.system on Linux
+
+
+def test_refs_pickle_refuses_unsafe_builtins(tmp_path):
+    path = tmp_path / 'refs(unc).p'
+    marker = tmp_path / 'marker'
+    path.write_bytes(pickle.dumps([_Evals(str(marker))], protocol=2))
+    with pytest.raises(pickle.UnpicklingError,
+                       match=r'(__builtin__|builtins)\.eval'):
+        load_refer_pickle(str(path))
+    assert not marker.exists()
+
+
+def test_refs_pickle_allows_builtin_containers(tmp_path):
+    # protocol 0 writes sets and tuples-in-sets through builtins globals
+    refs = [dict(ref_id=1, sent_ids={0, 1}, box=(1.5, 2), ok=True,
+                 name='caf\xe9', n=None)]
+    path = tmp_path / 'refs(unc).p'
+    for protocol in (0, 1, 2, 4):
+        path.write_bytes(pickle.dumps(refs, protocol=protocol))
+        assert load_refer_pickle(str(path)) == refs
