@@ -96,3 +96,70 @@ def test_bad_arguments_and_shape_mismatch():
     metric = RefSegMetric()
     with pytest.raises(ValueError, match='original resolution'):
         metric.process({}, [sample(np.zeros((2, 2)), np.zeros((3, 3)))])
+
+
+def _pr(metric, pairs):
+    for inter, union in pairs:
+        metric.process({}, [sample(*masks_with(inter, union))])
+    return metric.compute_metrics(metric.results)
+
+
+def test_cris_thresholds_count_exact_ties_at_0_7_and_0_9():
+    # float32(0.7) = 0.699999988079071 and float32(0.9) = 0.899999976158142
+    # (the values of CRIS's torch.arange(0.5, 1.0, 0.1)); CRIS counts
+    # I / (U + 1e-6) > t: 70/100.000001 = 0.699999993 > 0.699999988 and
+    # 90/100.000001 = 0.899999991 > 0.899999976, so both ties count.
+    ties = ((70, 100), (90, 100))
+    cris = _pr(RefSegMetric(pr_thresholds='cris', pr_op='>'), ties)
+    assert list(cris) == ['oIoU', 'mIoU', 'Pr@0.5', 'Pr@0.6', 'Pr@0.7',
+                          'Pr@0.8', 'Pr@0.9']
+    assert cris['Pr@0.7'] == pytest.approx(100.0)
+    assert cris['Pr@0.9'] == pytest.approx(50.0)
+    assert cris['Pr@0.8'] == pytest.approx(50.0)
+    assert cris['mIoU'] == pytest.approx(80.0)
+    # the default thresholds with '>' do not count the ties ...
+    plain = _pr(RefSegMetric(pr_op='>'), ties)
+    assert plain['Pr@0.7'] == pytest.approx(50.0)
+    assert plain['Pr@0.9'] == pytest.approx(0.0)
+    # ... and 0.6 / 0.8 ties do not count in CRIS either
+    # (float32(0.6) = 0.600000024, float32(0.8) = 0.800000012)
+    low = _pr(RefSegMetric(pr_thresholds='cris', pr_op='>'),
+              ((60, 100), (80, 100)))
+    assert low['Pr@0.6'] == pytest.approx(50.0)  # only the 0.8 sample
+    assert low['Pr@0.8'] == pytest.approx(0.0)
+
+
+def test_cris_thresholds_keep_the_union_epsilon():
+    # 7/(10 + 1e-6) = 0.69999993 < 0.699999988: CRIS does not count it
+    # (its 1e-6 shifts the IoU by 0.7e-6/U, more than the float32 gap
+    # 1.19e-8 for U < 59).
+    res = _pr(RefSegMetric(pr_thresholds='cris', pr_op='>'), ((7, 10), ))
+    assert res['Pr@0.7'] == pytest.approx(0.0)
+    assert res['Pr@0.6'] == pytest.approx(100.0)
+
+
+def test_bad_pr_thresholds():
+    with pytest.raises(ValueError, match=r"unknown pr_thresholds='lavt'; "
+                       r"valid: \('cris',\)"):
+        RefSegMetric(pr_thresholds='lavt')
+    with pytest.raises(ValueError, match=r"pr_thresholds='cris'.*set "
+                       r"pr_op='>' \(got pr_op='>='\)"):
+        RefSegMetric(pr_thresholds='cris', pr_op='>=')
+    with pytest.raises(ValueError, match=r'pr_thresholds must lie in '
+                       r'\[0, 1\], got \[50.0\]'):
+        RefSegMetric(pr_thresholds=(0.5, 50))
+
+
+@pytest.mark.parametrize('name', [
+    'cris/cris_r50_8xb8-50e_refcoco-416x416.py',
+    'cris/cris_r50_8xb8-50e_refcocog-umd-416x416.py',
+    'etris/etris_vit-b16_8xb4-50e_refcoco-416x416.py',
+    'barleria/barleria_vit-b16_8xb4-50e_refcoco-416x416.py'])
+def test_cris_family_configs_count_pr_as_cris(name):
+    from mmengine.config import Config
+
+    from ..conftest import ROOT
+    cfg = Config.fromfile(f'{ROOT}/configs/{name}')
+    for key in ('val_evaluator', 'test_evaluator'):
+        assert cfg[key]['pr_thresholds'] == 'cris'
+        assert cfg[key]['pr_op'] == '>'

@@ -3,7 +3,10 @@
 # padded with CLIP's mean, CLIP BPE to 17 tokens, no augmentation; one
 # random sentence per ref per epoch (sentence_mode='random'), validation on
 # the first sentence of each ref, test on all; mIoU and Pr@X (IoU > X) at
-# the original resolution with sigmoid > 0.35.
+# the original resolution with sigmoid > 0.35.  Pr@X counts exactly as the
+# CRIS, ETRIS and BarLeRIa `engine/engine.py` do: I / (U + 1e-6) against
+# float32 torch.arange(0.5, 1.0, 0.1), so an IoU of exactly 0.7 or 0.9
+# counts (pr_thresholds='cris').
 # Method configs set the per-GPU batch size and model.data_preprocessor
 # size / text context length (from `img_scale` / `context_length` here).
 # A variant that changes a transform rebuilds the pipelines from these ones
@@ -43,5 +46,6 @@ val_dataloader = dict(
                                pipeline=test_pipeline))
 test_dataloader = dict(
     batch_size=1, dataset=dict(sentence_mode='all', pipeline=test_pipeline))
-val_evaluator = dict(type='RefSegMetric', threshold=0.35, pr_op='>')
+val_evaluator = dict(
+    type='RefSegMetric', threshold=0.35, pr_op='>', pr_thresholds='cris')
 test_evaluator = val_evaluator

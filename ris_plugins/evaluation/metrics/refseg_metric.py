@@ -1,6 +1,6 @@
 """oIoU, mIoU and Pr@X for referring segmentation."""
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -10,6 +10,47 @@ from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
 PR_OPS = ('>=', '>')
+#: CRIS / ETRIS / BarLeRIa ``engine/engine.py`` ``inference``: Pr@X counts
+#: ``I / (U + 1e-6) > t`` for ``t in torch.arange(0.5, 1.0, 0.1)`` (float32,
+#: i.e. 0.5, 0.60000002384, 0.69999998808, 0.80000001192, 0.89999997616).
+CRIS_PR_THRESHOLDS: Tuple[float, ...] = tuple(
+    torch.arange(0.5, 1.0, 0.1, dtype=torch.float32).tolist())
+CRIS_IOU_EPS = 1e-6
+PR_PRESETS = ('cris', )
+PrThresholds = Union[str, Sequence[float]]
+
+
+def resolve_pr_thresholds(
+        pr_thresholds: PrThresholds) -> Tuple[List[str], Tuple[float, ...],
+                                              float]:
+    """Names, values and union epsilon of the Pr@X thresholds.
+
+    Args:
+        pr_thresholds: IoU thresholds in [0, 1], or ``'cris'``: CRIS's
+            float32 ``torch.arange(0.5, 1.0, 0.1)`` values compared with
+            ``I / (U + 1e-6)`` (so an IoU of exactly 0.7 or 0.9 counts
+            at Pr@0.7 / Pr@0.9 with ``'>'`` once U > 58 / U > 37 pixels).
+
+    Returns:
+        tuple: (names such as ``'Pr@0.7'``, threshold values, epsilon added
+        to U for Pr@X only: 1e-6 for ``'cris'``, else 0).
+
+    Raises:
+        ValueError: an unknown preset or a threshold outside [0, 1].
+    """
+    if isinstance(pr_thresholds, str):
+        if pr_thresholds not in PR_PRESETS:
+            raise ValueError(f'unknown pr_thresholds={pr_thresholds!r}; '
+                             f'valid: {PR_PRESETS} or a sequence of floats '
+                             'in [0, 1]')
+        values = CRIS_PR_THRESHOLDS
+        return ([f'Pr@{round(t, 1):g}' for t in values], values,
+                CRIS_IOU_EPS)
+    values = tuple(float(t) for t in pr_thresholds)
+    bad = [t for t in values if not 0.0 <= t <= 1.0]
+    if bad:
+        raise ValueError(f'pr_thresholds must lie in [0, 1], got {bad}')
+    return [f'Pr@{t:g}' for t in values], values, 0.0
 
 
 def iou_stats(pred: torch.Tensor, gt: torch.Tensor) -> tuple:
@@ -26,19 +67,22 @@ def iou_stats(pred: torch.Tensor, gt: torch.Tensor) -> tuple:
 
 
 def summarize(inter: np.ndarray, union: np.ndarray,
-              pr_thresholds: Sequence[float], pr_op: str) -> Dict[str, float]:
+              pr_thresholds: PrThresholds, pr_op: str) -> Dict[str, float]:
     """Aggregate per-sample (I, U) into the RIS metrics, all in percent.
 
     * ``oIoU`` = 100 * sum(I) / sum(U) (overall / cumulative IoU, LAVT);
     * ``mIoU`` = 100 * mean(I / U) (CRIS's "IoU"), with IoU = 0 where U = 0
       (both conventions; ``shared/docs/refcoco_and_eval.md`` 4.2);
     * ``Pr@X`` = 100 * fraction of samples with IoU >= X (LAVT) or > X
-      (CRIS), chosen by ``pr_op``.
+      (CRIS), chosen by ``pr_op``; with ``pr_thresholds='cris'`` exactly
+      CRIS's count ``I / (U + 1e-6) > float32 arange(0.5, 1.0, 0.1)``
+      (see :func:`resolve_pr_thresholds`).
 
     Args:
         inter (ndarray): (N,) intersections in pixels.
         union (ndarray): (N,) unions in pixels.
-        pr_thresholds (Sequence[float]): IoU thresholds in [0, 1].
+        pr_thresholds (Sequence[float] | str): IoU thresholds in [0, 1] or
+            ``'cris'``.
         pr_op (str): ``'>='`` or ``'>'``.
 
     Returns:
@@ -51,9 +95,11 @@ def summarize(inter: np.ndarray, union: np.ndarray,
     results = OrderedDict(
         oIoU=100.0 * inter.sum() / total_union if total_union > 0 else 0.0,
         mIoU=100.0 * iou.mean())
-    for t in pr_thresholds:
-        hit = iou >= t if pr_op == '>=' else iou > t
-        results[f'Pr@{t:g}'] = 100.0 * hit.mean()
+    names, values, eps = resolve_pr_thresholds(pr_thresholds)
+    iou_pr = iou if eps == 0 else inter / (union + eps)
+    for name, t in zip(names, values):
+        hit = iou_pr >= t if pr_op == '>=' else iou_pr > t
+        results[name] = 100.0 * hit.mean()
     return results
 
 
@@ -76,7 +122,12 @@ class RefSegMetric(BaseMetric):
             > t, e.g. 0.35 for CRIS. The probability is ``seg_logits``
             itself for 1-channel models (mmseg's postprocessing already
             applied the sigmoid) and the softmax of 2-channel logits.
-        pr_thresholds (Sequence[float]): IoU thresholds of Pr@X.
+        pr_thresholds (Sequence[float] | str): IoU thresholds of Pr@X in
+            [0, 1], or ``'cris'`` for CRIS / ETRIS / BarLeRIa's exact count
+            (float32 ``torch.arange(0.5, 1.0, 0.1)`` thresholds against
+            ``I / (U + 1e-6)``; needs ``pr_op='>'``). The default counts an
+            IoU of exactly 0.7 at Pr@0.7 only with ``'>='``; ``'cris'``
+            counts it with ``'>'``, as CRIS does.
         pr_op (str): ``'>='`` (LAVT) or ``'>'`` (CRIS family).
         collect_device (str): ``'cpu'`` or ``'gpu'``.
         prefix (str, optional): Metric name prefix.
@@ -87,15 +138,17 @@ class RefSegMetric(BaseMetric):
 
     Raises:
         ValueError: ``pr_op`` not in ``('>=', '>')``, ``threshold`` outside
-            (0, 1), or a prediction whose shape differs from its ground
-            truth (the message names the sample).
+            (0, 1), an unknown ``pr_thresholds`` preset, a threshold outside
+            [0, 1], ``'cris'`` with ``pr_op='>='``, or a prediction whose
+            shape differs from its ground truth (the message names the
+            sample).
     """
 
     default_prefix: Optional[str] = None
 
     def __init__(self,
                  threshold: Optional[float] = None,
-                 pr_thresholds: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9),
+                 pr_thresholds: PrThresholds = (0.5, 0.6, 0.7, 0.8, 0.9),
                  pr_op: str = '>=',
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None) -> None:
@@ -104,8 +157,13 @@ class RefSegMetric(BaseMetric):
             raise ValueError(f'unknown pr_op {pr_op!r}; valid: {PR_OPS}')
         if threshold is not None and not 0 < threshold < 1:
             raise ValueError(f'threshold must be in (0, 1), got {threshold}')
+        resolve_pr_thresholds(pr_thresholds)  # raises on bad values
+        if pr_thresholds == 'cris' and pr_op != '>':
+            raise ValueError("pr_thresholds='cris' counts IoU > t as CRIS "
+                             f"does: set pr_op='>' (got pr_op={pr_op!r})")
         self.threshold = threshold
-        self.pr_thresholds = tuple(pr_thresholds)
+        self.pr_thresholds = (pr_thresholds if isinstance(pr_thresholds, str)
+                              else tuple(pr_thresholds))
         self.pr_op = pr_op
 
     def _binarize(self, data_sample: dict) -> torch.Tensor:
