@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
+from .transforms.loading import check_segmentation
+
 # (dataset, splitBy) -> splits present in the released pickles.
 SPLITS: Dict[tuple, Sequence[str]] = {
     ('refcoco', 'unc'): ('train', 'val', 'testA', 'testB'),
@@ -25,6 +27,12 @@ SPLITS: Dict[tuple, Sequence[str]] = {
     ('refshapes', 'unc'): ('train', 'val', 'testA', 'testB'),
 }
 SENTENCE_MODES = ('random', 'all', 'first')
+# Keys read from each entry of the refs pickle / instances.json.
+REF_KEYS = ('ref_id', 'split', 'ann_id', 'image_id', 'category_id',
+            'sentences')
+SENTENCE_KEYS = ('sent_id', 'raw')
+IMAGE_KEYS = ('id', 'file_name', 'height', 'width')
+ANNOTATION_KEYS = ('id', 'segmentation')
 
 
 # The only globals a refs pickle may name: builtin containers and scalars
@@ -121,12 +129,25 @@ def load_refer_pickle(path: str) -> List[dict]:
     return refs
 
 
+def _missing(entry: dict, keys: Sequence[str]) -> List[str]:
+    return [k for k in keys if k not in entry]
+
+
 def load_instances(path: str) -> dict:
-    """Load a COCO ``instances.json``.
+    """Load a COCO ``instances.json`` and index it.
+
+    Args:
+        path (str): Path of the file.
+
+    Returns:
+        dict: ``images`` and ``annotations``, each a dict id -> entry.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: It is not JSON, or lacks ``images`` / ``annotations``.
+        ValueError: It is not JSON or not a JSON object; ``images`` /
+            ``annotations`` is missing or not a list; an entry is not a
+            dict or lacks ``id`` (the message names the file, the list and
+            the entry index).
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'instances file {path!r} does not exist')
@@ -136,10 +157,25 @@ def load_instances(path: str) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f'cannot parse instances file {path!r}: '
                          f'{err}') from err
-    missing = [k for k in ('images', 'annotations') if k not in instances]
+    if not isinstance(instances, dict):
+        raise ValueError(f'instances file {path!r} must hold a JSON object, '
+                         f'got {type(instances).__name__}')
+    missing = _missing(instances, ('images', 'annotations'))
     if missing:
         raise ValueError(f'instances file {path!r} lacks keys {missing}')
-    return instances
+    indexed = {}
+    for key in ('images', 'annotations'):
+        entries = instances[key]
+        if not isinstance(entries, list):
+            raise ValueError(f'instances file {path!r}: {key!r} must be a '
+                             f'list, got {type(entries).__name__}')
+        for k, entry in enumerate(entries):
+            if not isinstance(entry, dict) or 'id' not in entry:
+                raise ValueError(
+                    f'instances file {path!r}: {key}[{k}] must be a dict '
+                    f"with key 'id', got {str(entry)[:80]}")
+        indexed[key] = {e['id']: e for e in entries}
+    return indexed
 
 
 @DATASETS.register_module()
@@ -186,10 +222,21 @@ class RefCOCODataset(BaseSegDataset):
     ``ori_height`` / ``ori_width`` (pixels), ``text`` (raw sentence),
     ``sent_id`` and ``seg_fields``.
 
+    Every ref of ``split`` is checked when the dataset is built, so bad
+    data fails before training starts and never changes from run to run.
+
     Raises:
         ValueError: Unknown ``dataset`` / ``split_by`` / ``split`` /
-            ``sentence_mode`` (the message lists the valid ones), an empty
-            split, a ref without sentences, or a corrupt file.
+            ``sentence_mode`` (the message lists the valid ones); an empty
+            split; a corrupt file; a ref, sentence, image or annotation
+            lacking a key of :data:`REF_KEYS` / :data:`SENTENCE_KEYS` /
+            :data:`IMAGE_KEYS` / :data:`ANNOTATION_KEYS` or holding a value
+            of the wrong type (the message names the file, the id and the
+            key); a sentence that is not a string or is empty / whitespace
+            only; a segmentation that :func:`check_segmentation` rejects
+            (named with its ref, annotation and both files).
+        pickle.UnpicklingError: The refs pickle names a global other than a
+            builtin container or scalar (:class:`RefsUnpickler`).
         FileNotFoundError: Missing refs / instances file, or a missing image.
         KeyError: A ref whose annotation or image is not in
             ``instances.json``.
@@ -244,11 +291,11 @@ class RefCOCODataset(BaseSegDataset):
         """Read the refs of ``split`` into data infos (see class doc)."""
         refs = load_refer_pickle(self.refs_file)
         instances = load_instances(self.instances_file)
-        anns = {a['id']: a for a in instances['annotations']}
-        imgs = {i['id']: i for i in instances['images']}
+        anns, imgs = instances['annotations'], instances['images']
         data_list: List[dict] = []
         seen_images = set()
-        for ref in refs:
+        for k, ref in enumerate(refs):
+            self._check_ref(k, ref)
             if not self._split_matches(ref['split']):
                 continue
             info = self._ref_info(ref, anns, imgs)
@@ -266,21 +313,102 @@ class RefCOCODataset(BaseSegDataset):
                 f'splits present: {found}')
         return data_list
 
+    def _check_ref(self, k: int, ref: Any) -> None:
+        """Entry ``k`` of the refs file is a dict with :data:`REF_KEYS` and a
+        string ``split``."""
+        if not isinstance(ref, dict):
+            raise ValueError(f'entry {k} of {self.refs_file!r} must be a ref '
+                             f'dict, got {type(ref).__name__}')
+        where = f'ref {ref.get("ref_id")} (entry {k}) in {self.refs_file!r}'
+        missing = _missing(ref, REF_KEYS)
+        if missing:
+            raise ValueError(f'{where} lacks keys {missing} (required: '
+                             f'{REF_KEYS})')
+        if not isinstance(ref['split'], str):
+            raise ValueError(f"{where}: 'split' must be a string, got "
+                             f'{ref["split"]!r}')
+
+    def _sentences(self, ref: dict) -> List[tuple]:
+        """(sent_id, raw) of every sentence of ``ref``; each must be a
+        non-blank string."""
+        where = f'ref {ref["ref_id"]} in {self.refs_file!r}'
+        sentences = ref['sentences']
+        if not isinstance(sentences, list) or not sentences:
+            raise ValueError(f'{where}: sentences must be a non-empty list, '
+                             f'got {sentences!r:.80}')
+        out = []
+        for j, sent in enumerate(sentences):
+            if not isinstance(sent, dict):
+                raise ValueError(f'{where}: sentence {j} must be a dict with '
+                                 f'keys {SENTENCE_KEYS}, got '
+                                 f'{type(sent).__name__}')
+            missing = _missing(sent, SENTENCE_KEYS)
+            if missing:
+                raise ValueError(f'{where}: sentence {j} lacks keys '
+                                 f'{missing} (required: {SENTENCE_KEYS})')
+            raw = sent['raw']
+            if not isinstance(raw, str):
+                raise ValueError(f"{where}: sentence {j} (sent_id "
+                                 f"{sent['sent_id']}) 'raw' must be a string, "
+                                 f'got {type(raw).__name__} {raw!r:.40}')
+            if not raw.strip():
+                raise ValueError(f'{where}: sentence {j} (sent_id '
+                                 f"{sent['sent_id']}) is empty or whitespace "
+                                 f'only ({raw!r})')
+            out.append((sent['sent_id'], raw))
+        return out
+
+    def _image(self, image_id: Any, imgs: Dict[Any, dict]) -> dict:
+        """The checked ``images`` entry ``image_id``."""
+        img = imgs[image_id]
+        where = f'image {image_id} in {self.instances_file!r}'
+        missing = _missing(img, IMAGE_KEYS)
+        if missing:
+            raise ValueError(f'{where} lacks keys {missing} (required: '
+                             f'{IMAGE_KEYS})')
+        for key in ('height', 'width'):
+            value = img[key]
+            if not (isinstance(value, int) and not isinstance(value, bool)
+                    and value > 0):
+                raise ValueError(f'{where}: {key!r} must be a positive '
+                                 f'integer (pixels), got {value!r}')
+        if not isinstance(img['file_name'], str) or not img['file_name']:
+            raise ValueError(f"{where}: 'file_name' must be a non-empty "
+                             f"string, got {img['file_name']!r}")
+        return img
+
+    def _segmentation(self, ref: dict, anns: Dict[Any, dict],
+                      img: dict) -> Any:
+        """The referred annotation's segmentation, checked against the
+        image size (:func:`check_segmentation`)."""
+        ann_id = ref['ann_id']
+        ann = anns[ann_id]
+        missing = _missing(ann, ANNOTATION_KEYS)
+        if missing:
+            raise ValueError(f'annotation {ann_id} in '
+                             f'{self.instances_file!r} lacks keys {missing} '
+                             f'(required: {ANNOTATION_KEYS})')
+        try:
+            check_segmentation(ann['segmentation'], img['height'],
+                               img['width'])
+        except ValueError as err:
+            raise ValueError(
+                f'ref {ref["ref_id"]} (in {self.refs_file!r}): annotation '
+                f'{ann_id} in {self.instances_file!r} has a bad '
+                f'segmentation: {err}') from err
+        return ann['segmentation']
+
     def _ref_info(self, ref: dict, anns: Dict[int, dict],
                   imgs: Dict[int, dict]) -> Dict[str, Any]:
         ref_id = ref['ref_id']
-        if ref['ann_id'] not in anns:
-            raise KeyError(
-                f'ref {ref_id} in {self.refs_file!r} points to annotation '
-                f'{ref["ann_id"]}, which is not in {self.instances_file!r}')
-        if ref['image_id'] not in imgs:
-            raise KeyError(
-                f'ref {ref_id} in {self.refs_file!r} points to image '
-                f'{ref["image_id"]}, which is not in {self.instances_file!r}')
-        if not ref.get('sentences'):
-            raise ValueError(f'ref {ref_id} in {self.refs_file!r} has no '
-                             'sentences')
-        img = imgs[ref['image_id']]
+        for key, table, what in (('ann_id', anns, 'annotation'),
+                                 ('image_id', imgs, 'image')):
+            if ref[key] not in table:
+                raise KeyError(
+                    f'ref {ref_id} in {self.refs_file!r} points to {what} '
+                    f'{ref[key]}, which is not in {self.instances_file!r}')
+        sentences = self._sentences(ref)
+        img = self._image(ref['image_id'], imgs)
         return dict(
             img_path=osp.join(self.data_prefix['img_path'],
                               img['file_name']),
@@ -288,10 +416,10 @@ class RefCOCODataset(BaseSegDataset):
             ann_id=ref['ann_id'],
             image_id=ref['image_id'],
             category_id=ref['category_id'],
-            ref_segmentation=anns[ref['ann_id']]['segmentation'],
+            ref_segmentation=self._segmentation(ref, anns, img),
             ori_height=img['height'],
             ori_width=img['width'],
-            sentences=[(s['sent_id'], s['raw']) for s in ref['sentences']],
+            sentences=sentences,
             seg_fields=[],
             reduce_zero_label=False)
 

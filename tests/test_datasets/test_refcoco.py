@@ -1,3 +1,4 @@
+import json
 import os
 import os.path as osp
 import pickle
@@ -199,3 +200,120 @@ def test_refs_pickle_allows_builtin_containers(tmp_path):
     for protocol in (0, 1, 2, 4):
         path.write_bytes(pickle.dumps(refs, protocol=protocol))
         assert load_refer_pickle(str(path)) == refs
+
+
+def _rewrite_instances(root, edit):
+    path = osp.join(root, 'refshapes', 'instances.json')
+    with open(path) as f:
+        instances = json.load(f)
+    edit(instances)
+    with open(path, 'w') as f:
+        json.dump(instances, f)
+
+
+def _first_val_ref(root):
+    return next(r for r in all_refs(root) if r['split'] == 'val')
+
+
+@pytest.mark.parametrize('segm, match', [
+    ([[1, 1, 9, 1, 9, 9, 1]], 'odd number of coordinates'),
+    ([[1, 1, 9, 1]], 'at least 6 coordinates'),
+    ([[1, 1, 9, 1, 9, 9], []], 'part 1 is empty'),
+    ([], 'empty polygon list'),
+    ('short', r'RLE counts sum to 5 pixels'),
+    ('short-list', r'RLE counts sum to 5 pixels'),
+])
+def test_bad_segmentation_names_ref_annotation_and_file(
+        broken_copy, segm, match):
+    ref = _first_val_ref(broken_copy)
+
+    def edit(instances):
+        img = next(i for i in instances['images']
+                   if i['id'] == ref['image_id'])
+        size = [img['height'], img['width']]
+        bad = dict(short={'size': size, 'counts': '41'},
+                   **{'short-list': {'size': size, 'counts': [4, 1]}})
+        ann = next(a for a in instances['annotations']
+                   if a['id'] == ref['ann_id'])
+        ann['segmentation'] = bad.get(segm, segm) if isinstance(
+            segm, str) else segm
+
+    _rewrite_instances(broken_copy, edit)
+    pattern = (f'ref {ref["ref_id"]}.*annotation {ref["ann_id"]}.*'
+               f'instances.json.*{match}')
+    with pytest.raises(ValueError, match=pattern):
+        build(broken_copy, split='val')
+
+
+@pytest.mark.parametrize('where, key', [
+    ('ref', 'split'), ('ref', 'sentences'), ('ref', 'ann_id'),
+    ('sentence', 'raw'), ('sentence', 'sent_id'),
+    ('image', 'height'), ('image', 'file_name'),
+    ('annotation', 'segmentation'), ('annotation', 'id'),
+])
+def test_missing_keys_name_file_id_and_key(broken_copy, where, key):
+    ref = _first_val_ref(broken_copy)
+    if where in ('ref', 'sentence'):
+        def edit(refs):
+            r = next(r for r in refs if r['ref_id'] == ref['ref_id'])
+            del (r if where == 'ref' else r['sentences'][0])[key]
+        _rewrite_refs(broken_copy, edit)
+        pattern = rf"ref {ref['ref_id']} .*refs\(unc\)\.p.*'{key}'"
+    else:
+        item_id = ref['image_id'] if where == 'image' else ref['ann_id']
+
+        def edit(instances):
+            items = instances[f'{where}s']
+            next(i for i in items if i['id'] == item_id).pop(key)
+        _rewrite_instances(broken_copy, edit)
+        pattern = rf"instances\.json.*'{key}'"
+        if key != 'id':
+            pattern = rf"{where} {item_id} .*" + pattern
+    with pytest.raises(ValueError, match=pattern):
+        build(broken_copy, split='val')
+
+
+@pytest.mark.parametrize('key, value', [
+    ('annotations', {'1': {}}), ('images', None),
+])
+def test_wrong_type_in_instances_names_file_and_key(broken_copy, key, value):
+    _rewrite_instances(broken_copy, lambda inst: inst.update({key: value}))
+    with pytest.raises(ValueError,
+                       match=rf"instances\.json.*'{key}'.*list"):
+        build(broken_copy, split='val')
+
+
+@pytest.mark.parametrize('edit, match', [
+    (lambda r: r.update(sentences='the red circle'), 'list'),
+    (lambda r: r['sentences'][0].update(raw=''), 'empty'),
+    (lambda r: r['sentences'][0].update(raw=' \t '), 'empty'),
+    (lambda r: r['sentences'][0].update(raw=42), 'string'),
+    (lambda r: r['sentences'].__setitem__(0, 'the red circle'), 'dict'),
+    (lambda r: r.update(split=None), 'split'),
+])
+def test_bad_sentences_name_the_ref(broken_copy, edit, match):
+    ref = _first_val_ref(broken_copy)
+    _rewrite_refs(broken_copy, lambda refs: edit(
+        next(r for r in refs if r['ref_id'] == ref['ref_id'])))
+    with pytest.raises(ValueError,
+                       match=rf"ref {ref['ref_id']} .*refs\(unc\)\.p.*{match}"):
+        build(broken_copy, split='val')
+
+
+def test_ref_that_is_not_a_dict_is_an_error(broken_copy):
+    _rewrite_refs(broken_copy, lambda refs: refs.insert(3, [1, 2]))
+    with pytest.raises(ValueError, match=r'entry 3 of .*refs\(unc\)\.p.*'
+                       'dict'):
+        build(broken_copy, split='val')
+
+
+def test_bad_image_size_names_the_image(broken_copy):
+    ref = _first_val_ref(broken_copy)
+
+    def edit(instances):
+        next(i for i in instances['images']
+             if i['id'] == ref['image_id'])['height'] = '240'
+    _rewrite_instances(broken_copy, edit)
+    with pytest.raises(ValueError, match=rf"image {ref['image_id']} .*"
+                       r"instances\.json.*'height'.*positive integer"):
+        build(broken_copy, split='val')

@@ -1,8 +1,10 @@
 from .geometric import Letterbox, RefRandomFlip, swap_left_right
-from .loading import LoadRefMask, decode_segmentation
+from .loading import (LoadRefImage, LoadRefMask, check_segmentation,
+                      decode_rle_counts, decode_segmentation)
 from .text import TokenizeText
 
 __all__ = [
-    'LoadRefMask', 'decode_segmentation', 'Letterbox', 'RefRandomFlip',
-    'swap_left_right', 'TokenizeText'
+    'LoadRefImage', 'LoadRefMask', 'check_segmentation', 'decode_rle_counts',
+    'decode_segmentation', 'Letterbox', 'RefRandomFlip', 'swap_left_right',
+    'TokenizeText'
 ]
