@@ -15,6 +15,8 @@ from mmengine.logging import print_log
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
+from .transforms.loading import check_segmentation
+
 PHRASECUT_SPLITS = ('train', 'val', 'test', 'miniv')
 TASK_KEYS = ('task_id', 'image_id', 'Polygons', 'phrase')
 
@@ -117,9 +119,11 @@ class PhraseCutDataset(BaseSegDataset):
 
     Raises:
         ValueError: Unknown ``split``; a file that is not JSON or not a
-            list; a task lacking a key of :data:`TASK_KEYS` (the message
-            names the file, the task index and the key) or with malformed
-            / empty ``Polygons``; an empty split.
+            list; a task or metadata entry that is not a dict; a task
+            lacking a key of :data:`TASK_KEYS` (the message names the file,
+            the task index and the key), with malformed / empty
+            ``Polygons``, or whose ``phrase`` is not a string or is empty /
+            whitespace only (named with its ``task_id``); an empty split.
         FileNotFoundError: Missing annotation / metadata file, or a missing
             image (named with its task).
         KeyError: An image absent from ``img_info_file``.
@@ -159,6 +163,9 @@ class PhraseCutDataset(BaseSegDataset):
                              f' must hold a list, got {type(infos).__name__}')
         sizes = {}
         for k, info in enumerate(infos):
+            if not isinstance(info, dict):
+                raise ValueError(f'entry {k} of {self.img_info_file!r} must '
+                                 f'be a dict, got {type(info).__name__}')
             missing = [key for key in ('image_id', 'width', 'height')
                        if key not in info]
             if missing:
@@ -192,11 +199,21 @@ class PhraseCutDataset(BaseSegDataset):
         checked: Dict[int, tuple] = {}
         data_list, dropped = [], 0
         for k, task in enumerate(tasks):
+            if not isinstance(task, dict):
+                raise ValueError(f'task {k} of {self.refer_file!r} must be a '
+                                 f'dict, got {type(task).__name__}')
             missing = [key for key in TASK_KEYS if key not in task]
             if missing:
                 raise ValueError(f'task {k} of {self.refer_file!r} lacks keys '
                                  f'{missing} (required: {TASK_KEYS})')
             where = f'task {task["task_id"]!r} of {self.refer_file!r}'
+            phrase = task['phrase']
+            if not isinstance(phrase, str):
+                raise ValueError(f"{where}: 'phrase' must be a string, got "
+                                 f'{type(phrase).__name__} {phrase!r:.40}')
+            if not phrase.strip():
+                raise ValueError(f'{where}: the phrase is empty or '
+                                 f'whitespace only ({phrase!r})')
             segm, n = polygons_to_coco(task['Polygons'], where)
             dropped += n
             image_id = task['image_id']
@@ -208,6 +225,10 @@ class PhraseCutDataset(BaseSegDataset):
                         f'image {img_path!r} of {where} does not exist')
                 checked[image_id] = self._size_of(image_id, img_path, sizes)
             h, w = checked[image_id]
+            try:
+                check_segmentation(segm, h, w)
+            except ValueError as err:
+                raise ValueError(f'{where}: bad Polygons: {err}') from err
             structure = task.get('phrase_structure') or {}
             data_list.append(
                 dict(

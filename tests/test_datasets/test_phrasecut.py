@@ -148,3 +148,36 @@ def test_zero_shot_evaluation_runs(phrasecut_root, tmp_path):
                      pipeline=cfg.test_pipeline))
     metrics = Runner.from_cfg(cfg).test()
     assert 'mIoU' in metrics and 0 <= metrics['mIoU'] <= 100
+
+
+@pytest.mark.parametrize('phrase, match', [
+    ('', 'empty'), ('  \n', 'empty'), (7, 'string'), (None, 'string'),
+    (['red', 'box'], 'string'),
+])
+def test_bad_phrases_name_the_task(tmp_path, phrase, match):
+    root = write_phrasecut(str(tmp_path / 'p'),
+                           tasks=[dict(TASKS[0], phrase=phrase)])
+    with pytest.raises(ValueError,
+                       match=rf"task '101__7' of .*refer_test\.json.*{match}"):
+        PhraseCutDataset(data_root=root, test_mode=True)
+
+
+def test_entries_that_are_not_dicts(tmp_path):
+    root = write_phrasecut(str(tmp_path / 'p'), tasks=[TASKS[0], 'oops'])
+    with pytest.raises(ValueError, match=r'task 1 of .*refer_test\.json.*'
+                       'dict'):
+        PhraseCutDataset(data_root=root, test_mode=True)
+    root = write_phrasecut(str(tmp_path / 'q'))
+    with open(osp.join(root, 'image_data_split.json'), 'w') as f:
+        json.dump([5], f)
+    with pytest.raises(ValueError, match=r'entry 0 of .*image_data_split'
+                       r'\.json.*dict'):
+        PhraseCutDataset(data_root=root, test_mode=True)
+
+
+def test_non_finite_polygon_names_the_task(tmp_path):
+    nan_rect = [[2, 2], [11, 2], [11, float('nan')], [2, 9]]
+    root = write_phrasecut(str(tmp_path / 'p'),
+                           tasks=[dict(TASKS[0], Polygons=[[nan_rect]])])
+    with pytest.raises(ValueError, match=r"task '101__7' .*finite"):
+        PhraseCutDataset(data_root=root, test_mode=True)
