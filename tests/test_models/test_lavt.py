@@ -175,3 +175,35 @@ def test_key_mismatch_is_reported_by_module():
     with pytest.raises(KeyError, match='no conversion rule'):
         conv.convert_lavt({'model': {'backbone.layers.0.mystery.w': 1,
                                      'text_encoder.x': 1}})
+
+
+def _lavt_base_swin(**overrides):
+    """The LAVT base config's backbone (window 12, its pad_small_map) on a
+    tiny width."""
+    from mmengine.config import Config
+    cfg = Config.fromfile('configs/_base_/models/lavt_swin-b.py')
+    bb = dict(cfg.model.backbone, arch=TINY_SWIN['arch'], text_channels=32,
+              drop_path_rate=0.0)
+    bb.update(overrides)
+    return MODELS.build(bb).eval()
+
+
+def test_lavt_config_pads_small_maps_like_the_official_swin():
+    # 192x192: the last map is 6x6, below the 12x12 window; official LAVT
+    # pads it (mmpretrain without pad_small_map raises).
+    torch.manual_seed(0)
+    swin = _lavt_base_swin()
+    t = text(b=1)
+    with torch.no_grad():
+        outs = swin(torch.randn(1, 3, 192, 192), t)
+    assert outs[-1].shape == (1, 128, 6, 6)
+    # 384x384: the last map is exactly one window; official LAVT keeps the
+    # shifted blocks, so turning padding off must change stage 4.
+    torch.manual_seed(0)
+    unpadded = _lavt_base_swin(pad_small_map=False)
+    unpadded.load_state_dict(swin.state_dict())
+    x = torch.randn(1, 3, 384, 384)
+    with torch.no_grad():
+        padded_out, unpadded_out = swin(x, t), unpadded(x, t)
+    torch.testing.assert_close(padded_out[2], unpadded_out[2])
+    assert not torch.allclose(padded_out[3], unpadded_out[3], atol=1e-4)

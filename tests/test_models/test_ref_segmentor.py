@@ -200,3 +200,25 @@ def test_threshold_metric_agrees_with_model_prediction():
     assert pred.shape == (50, 100)
     assert torch.equal(pred, ds.pred_sem_seg.data[0].bool())
     assert 0 < pred.float().mean() < 1
+
+
+def test_fusion_word_width_mismatch_is_a_build_error():
+    # TINY_BERT words are 32 wide; a fusion built for 48 must not build.
+    fusion = dict(type='LanguageGatedFusion', in_channels=[8, 16, 32, 64],
+                  channels=16, text_channels=48)
+    with pytest.raises(ValueError, match=r'fusion LanguageGatedFusion.*'
+                       r'word width 48.*BertTextEncoder.*width 32'):
+        tiny_model(fusion=fusion)
+
+
+def test_fusion_sentence_width_mismatch_is_a_build_error():
+    # CRISFPN reads sent_feat; BERT's sentence is 32 wide, not 24.
+    fusion = dict(type='CRISFPN', in_channels=[16, 32, 64],
+                  out_channels=[8, 16, 24], text_channels=24)
+    head = dict(type='FCNHead', in_channels=16, channels=8, num_convs=1,
+                num_classes=2, in_index=0)
+    backbone = dict(type='ResNet', depth=18, stem_channels=8,
+                    base_channels=8, out_indices=(1, 2, 3))
+    with pytest.raises(ValueError, match=r'CRISFPN.*sent width 24.*'
+                       r'sent_feat of width 32'):
+        tiny_model(fusion=fusion, decode_head=head, backbone=backbone)

@@ -33,6 +33,10 @@ model = dict(
         arch='base',
         img_size=480,
         window_size=12,
+        # Official LAVT pads every map to the window and keeps the shift;
+        # without this mmpretrain drops the shift when a map is exactly one
+        # window (384x384 input) and fails below it (192x192).
+        pad_small_map=True,
         drop_path_rate=0.3,
         out_indices=(0, 1, 2, 3),
         text_channels=768,

@@ -45,6 +45,7 @@ class MultiModalSwin(SwinTransformer):
         if len(pwam_heads) != len(self.stages):
             raise ValueError(f'pwam_heads needs {len(self.stages)} entries '
                              f'(one per stage), got {list(pwam_heads)}')
+        self.text_widths = dict(word=text_channels)  # checked at build
         self.pwams = nn.ModuleList(
             PWAM(c, text_channels, h, pwam_dropout)
             for c, h in zip(self.num_features, pwam_heads))

@@ -82,6 +82,7 @@ class CRISFPN(BaseModule):
         self.in_channels = list(in_channels)
         self.out_channels = o4
         self.text_channels = text_channels or c5
+        self.text_widths = dict(sent=self.text_channels)  # checked at build
 
         def conv(cin: int, cout: int, k: int) -> ConvModule:
             return ConvModule(cin, cout, k, padding=k // 2,

@@ -109,6 +109,8 @@ class HierarchicalHLA(BaseModule):
                              f'{WORD_FLOWS}')
         self.in_channels = list(in_channels)
         self.embed_dims = embed_dims
+        # Checked at build against the text encoder.
+        self.text_widths = dict(word=text_channels, sent=sent_channels)
         self.use_hierarchy = use_hierarchy
         self.word_flow = word_flow
         levels = self.in_channels if use_hierarchy else self.in_channels[-1:]

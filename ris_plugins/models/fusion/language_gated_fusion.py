@@ -88,6 +88,7 @@ class LanguageGatedFusion(BaseModule):
                  init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.in_channels = list(in_channels)
+        self.text_widths = dict(word=text_channels)  # checked at build
         self.with_coords = with_coords
         extra = 2 if with_coords else 0
         self.projs = nn.ModuleList(

@@ -170,6 +170,11 @@ class FeatureAdapter(BaseModule):
             self._out = widths[0] if n == 1 else widths
         self.text_channels = text_channels
         self.sent_channels = sent_channels
+        self.text_widths = {  # checked at build against the text encoder
+            k: v
+            for k, v in (('word', text_channels), ('sent', sent_channels))
+            if v is not None
+        }
         self.word_proj = self._linear('text', text_channels,
                                       text_out_channels)
         self.sent_proj = self._linear('sent', sent_channels,

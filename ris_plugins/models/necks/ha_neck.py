@@ -85,6 +85,7 @@ class HANeck(BaseModule):
         self.in_channels = list(in_channels)
         self.channels = channels
         self.text_channels = text_channels
+        self.text_widths = dict(sent=text_channels)  # checked at build
         self.extra_input = extra_input
         c3, c4, c5 = in_channels
         s3, s4, s5 = strides

@@ -1,5 +1,5 @@
 """The generic referring segmentor: image + sentence -> mask."""
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -90,6 +90,46 @@ def check_widths(src_name: str, src: nn.Module, dst_name: str,
             f'{dst_name} {type(dst).__name__} expects in_channels={want}: '
             f'set the {dst_name} in_channels to the {src_name} output width '
             f'(or put a FeatureAdapter between them)')
+
+
+def text_widths_of(encoder: nn.Module) -> Dict[str, int]:
+    """Widths a text encoder hands on: ``word`` (C of ``word_feats``,
+    its ``out_channels``) and ``sent`` (C' of ``sent_feat``, its
+    ``sent_channels``, else C)."""
+    word = _widths(getattr(encoder, 'out_channels', None))
+    if not isinstance(word, int):
+        return {}
+    sent = _widths(getattr(encoder, 'sent_channels', None))
+    return dict(word=word, sent=sent if isinstance(sent, int) else word)
+
+
+def check_text_widths(src_name: str, src: nn.Module, dst_name: str,
+                      dst: nn.Module) -> None:
+    """Compare the text widths a consumer was built for (its
+    ``text_widths``: ``{'word': C, 'sent': C'}``, either key optional) with
+    those its text encoder produces (:func:`text_widths_of`).
+
+    Args:
+        src_name (str): Slot of the text encoder (for the message).
+        src (nn.Module): Text encoder (``out_channels`` / ``sent_channels``).
+        dst_name (str): Slot of the consumer, e.g. ``fusion``.
+        dst (nn.Module): Consumer, e.g. ``CRISFPN`` (sentence width) or
+            ``LanguageGatedFusion`` (word width).
+
+    Raises:
+        ValueError: A width differs; the message names both modules, the
+            feature and both widths.
+    """
+    have = text_widths_of(src)
+    want = getattr(dst, 'text_widths', None) or {}
+    for kind, width in want.items():
+        if kind in have and width != have[kind]:
+            feat = 'word_feats' if kind == 'word' else 'sent_feat'
+            raise ValueError(
+                f'{dst_name} {type(dst).__name__} was built for {kind} '
+                f'width {width} but {src_name} {type(src).__name__} '
+                f'produces {feat} of width {have[kind]}: set the '
+                f'{dst_name} text width to {have[kind]}')
 
 
 @MODELS.register_module()
@@ -193,12 +233,22 @@ class RefSegmentor(BaseSegmentor):
 
     def _check_widths(self) -> None:
         """Build-time width checks along fusion -> neck -> decode head (see
-        :func:`check_widths`)."""
+        :func:`check_widths`), and of the text widths the backbone (when it
+        ``takes_text``) and the fusion read (:func:`check_text_widths`)."""
         chain = [(n, getattr(self, n)) for n in ('fusion', 'neck')
                  if getattr(self, n, None) is not None]
         chain.append(('decode_head', self.decode_head))
         for (a, src), (b, dst) in zip(chain, chain[1:]):
             check_widths(a, src, b, dst)
+        encoder = (('backbone.text', getattr(self.backbone, 'text', None))
+                   if self.backbone_encodes_text else
+                   ('text_encoder', self.text_encoder))
+        readers = [('fusion', self.fusion)]
+        if getattr(self.backbone, 'takes_text', False):
+            readers.insert(0, ('backbone', self.backbone))
+        for name, module in readers:
+            if module is not None and encoder[1] is not None:
+                check_text_widths(*encoder, name, module)
 
     def _log_params(self) -> None:
         """Log the trainable / frozen table per top-level module and the
