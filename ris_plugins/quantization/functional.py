@@ -14,6 +14,7 @@ import math
 import warnings
 from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -215,6 +216,38 @@ def quantile(x: Tensor, p: float, ch_axis: Optional[int] = None) -> Tensor:
     v_lo = torch.kthvalue(v, lo + 1, dim=-1).values
     v_hi = torch.kthvalue(v, hi + 1, dim=-1).values
     return v_lo + (pos - lo) * (v_hi - v_lo)
+
+
+def quantile_ptq4ris(x: Tensor, p: float) -> Tensor:
+    """Per-tensor quantile as the official PTQ4RIS BERT-matmul quantizer
+    computes it (``gugu511yy/PTQ4RIS`` ``ptq4vit_utils/quant_bert.py``
+    ``UniformQuantizer``): ``torch.quantile`` (linear interpolation, x's
+    dtype) and, above its 2^24-element limit, numpy's percentile at
+    ``100·p`` in float64 cast to float32. Returns a () tensor."""
+    v = x.detach().float().reshape(-1)
+    if v.numel() <= 2**24:
+        return torch.quantile(v, p)
+    value = np.percentile(v.cpu().numpy(), p * 100)
+    return torch.tensor(value, dtype=torch.float32, device=x.device)
+
+
+def percentile_qparams_ptq4ris(x: Tensor, p: float,
+                               bits: int) -> Tuple[Tensor, Tensor]:
+    """(Δ, z) of the official PTQ4RIS BERT-matmul percentile candidate
+    (§5.2): m = quantile(x, 1-p), M = quantile(x, p), Δ = (M - m)/(2^b - 1),
+    z = round(-m/Δ), with the range NOT widened to include 0 and z NOT
+    clamped to [0, 2^b - 1] (so z < 0 when m > 0).
+
+    Deviation kept for safety: where M = m (constant or all-zero x, where
+    the official Δ = 0 gives NaN), the range is widened to include 0 and
+    handled as :func:`asym_qparams` (finite Δ, exact on the constant).
+    Returns () tensors.
+    """
+    lo, hi = quantile_ptq4ris(x, 1.0 - p), quantile_ptq4ris(x, p)
+    if not hi > lo:
+        return asym_qparams(lo, hi, bits)
+    scale = (hi - lo) / (2**bits - 1)
+    return scale, torch.round(-lo / scale)
 
 
 def percentile_range(x: Tensor, p: float,

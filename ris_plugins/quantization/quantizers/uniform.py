@@ -28,12 +28,19 @@ class UniformQuantizer(BaseQuantizer):
     - ``minmax``: Δ = max|x|/(q-1) (sym) or §3 from [min, max] (asym);
     - ``ptq4vit``: Δ = max|x|/(q-0.5) (PTQ4ViT initial step; sym only);
     - ``percentile``: range from quantiles at ``percentile`` (sym: quantile of
-      |x|); a sequence of percentiles keeps the lowest MSE per group (§5.2);
+      |x|); a sequence of percentiles keeps the lowest MSE per group, the
+      first on ties (§5.2). With ``faithful=True`` (asymmetric, per
+      tensor) each candidate is the official PTQ4RIS BERT-matmul one
+      (:func:`~ris_plugins.quantization.functional.percentile_qparams_ptq4ris`:
+      range not widened to include 0, zero point not clamped);
     - ``omse``: MSE-optimal clipping c·Δ_minmax, c = i/100 (OMSE);
     - ``pdquant``: PD-Quant 2-D Lp-2.4 search (§5.1; asymmetric only).
 
     Search candidates: candidate i = ``grid[i]`` × the observer's step, with
     ``grid = ptq4vit_grid(*search_grid)``; the zero point stays fixed.
+    ``search_grid=None``: no candidates (the observer's step is final, as
+    for the official PTQ4RIS BERT-matmul quantizers, which are never
+    searched).
 
     Args:
         bits: int in [2, 16].
@@ -43,9 +50,15 @@ class UniformQuantizer(BaseQuantizer):
             1 for 'head' (attention operands (B, H, N, M)).
         observer: see above.
         percentile: float in (0, 1] or a sequence of them.
-        search_grid: (start, stop, num) of the candidate multipliers.
+        search_grid: (start, stop, num) of the candidate multipliers, or
+            None for no search candidates.
         num_channels: expected group count (checks calibration input and
             loaded state dicts before calibration).
+        faithful: True = the official PTQ4RIS arithmetic where it differs
+            from ours; for this quantizer that is only the asymmetric
+            per-tensor ``percentile`` observer (above). No effect on
+            other observers, symmetric or per-group quantizers (the model
+            config passes ``faithful`` to every quantizer).
 
     Raises:
         ValueError: bad bits, granularity, observer, percentile or
@@ -63,8 +76,10 @@ class UniformQuantizer(BaseQuantizer):
                  ch_axis: Optional[int] = None,
                  observer: str = 'minmax',
                  percentile: Union[float, Sequence[float]] = 0.9999,
-                 search_grid: Tuple[float, float, int] = (0.01, 1.2, 100),
-                 num_channels: Optional[int] = None) -> None:
+                 search_grid: Optional[Tuple[float, float, int]] = (
+                     0.01, 1.2, 100),
+                 num_channels: Optional[int] = None,
+                 faithful: bool = False) -> None:
         check_choice('granularity', granularity, self.GRANULARITIES)
         check_choice('observer', observer, self.OBSERVERS)
         if observer == 'ptq4vit' and not symmetric:
@@ -88,9 +103,12 @@ class UniformQuantizer(BaseQuantizer):
                              '(0, 1] or a non-empty sequence of them')
         self.percentiles = tuple(float(p) for p in ps)
         self.num_channels = num_channels
-        self.search_grid = tuple(search_grid)
-        self.register_buffer('_grid', QF.ptq4vit_grid(*search_grid),
-                             persistent=False)
+        self.faithful = bool(faithful)
+        self.search_grid = None if search_grid is None else tuple(
+            search_grid)
+        grid = (torch.empty(0) if search_grid is None else
+                QF.ptq4vit_grid(*search_grid))
+        self.register_buffer('_grid', grid, persistent=False)
         self.register_buffer('_init_scale', torch.empty(0), persistent=False)
 
     # ----------------------------------------------------------- shapes
@@ -158,6 +176,8 @@ class UniformQuantizer(BaseQuantizer):
                 s = QF.sym_scale(QF.quantile(x.abs(), p, self.ch_axis),
                                  self.bits)
                 z = None
+            elif self.faithful and self.ch_axis is None:
+                s, z = QF.percentile_qparams_ptq4ris(x, p, self.bits)
             else:
                 s, z = QF.asym_qparams(
                     *QF.percentile_range(x, p, self.ch_axis), self.bits)
@@ -215,6 +235,8 @@ class UniformQuantizer(BaseQuantizer):
         if self.ch_axis is not None:
             s += f', ch_axis={self.ch_axis}'
         s += f', observer={self.observer}'
+        if self.faithful:
+            s += ', faithful=True'
         if not self.calibrated:
             return s + ', calibrated=False'
         sc = self.scale
