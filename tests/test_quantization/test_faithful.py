@@ -127,3 +127,20 @@ def test_search_grid_none_has_no_candidates():
     assert q.num_candidates() == 0
     with pytest.raises(IndexError, match=r'candidate 0 out of range'):
         q.fake_quant_candidate(T([1.0]), 0)
+
+
+def test_reference_mode_calibrates_a_whole_model():
+    from .test_ptq_framework import batch, calibrate_on, run, tiny_lavt
+    from ris_plugins.quantization import quantize_model
+    model, data = tiny_lavt(), batch()
+    fp_out = run(model, data)
+    cfg = faithful_cfg().to_dict()
+    state = quantize_model(model, dict(cfg, w_bits=8, a_bits=8))
+    text_mm = [q for n, q in state.quantizers()
+               if n.startswith('text_encoder.') and '.matmul' in n]
+    assert text_mm and all(q.faithful and q.num_candidates() == 0
+                           and q.percentiles == (0.999, 0.9999, 0.99999)
+                           for q in text_mm)
+    calibrate_on(model, state, data, search=dict(rounds=1, rows=64))
+    out = run(model, data)
+    assert torch.isfinite(out).all() and not torch.equal(out, fp_out)
