@@ -7,8 +7,9 @@ _base_ = [
 img_scale = (160, 160)
 tokenizer = {{_base_.tokenizer}}
 meta_keys = {{_base_.meta_keys}}
+load_image = {{_base_.load_image}}
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    load_image,
     dict(type='LoadRefMask'),
     dict(type='RefRandomFlip', prob=0.5),
     dict(type='Letterbox', scale=img_scale),
@@ -16,7 +17,7 @@ train_pipeline = [
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    load_image,
     dict(type='Letterbox', scale=img_scale),
     dict(type='LoadRefMask'),
     tokenizer,

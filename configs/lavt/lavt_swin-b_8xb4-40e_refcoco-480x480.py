@@ -9,8 +9,9 @@ _base_ = [
 img_scale = (480, 480)
 tokenizer = {{_base_.tokenizer}}
 meta_keys = {{_base_.meta_keys}}
+load_image = {{_base_.load_image}}
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    load_image,
     dict(type='LoadRefMask'),
     dict(type='Resize', scale=img_scale, keep_ratio=False),
     tokenizer,
@@ -19,7 +20,7 @@ train_pipeline = [
 # LAVT evaluates at 480x480: the mask is resized (nearest) with the image
 # and predictions stay on the input grid (test_cfg.output_size='input').
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    load_image,
     dict(type='LoadRefMask'),
     dict(type='Resize', scale=img_scale, keep_ratio=False),
     tokenizer,

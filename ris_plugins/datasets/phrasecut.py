@@ -178,6 +178,9 @@ class PhraseCutDataset(BaseSegDataset):
                  sizes: Optional[Dict[int, tuple]]) -> tuple:
         if sizes is None:
             from PIL import Image
+
+            # the stored size: EXIF orientation is ignored, as LoadRefImage
+            # ignores it when the pixels are read
             with Image.open(img_path) as img:
                 return img.height, img.width
         if image_id not in sizes:

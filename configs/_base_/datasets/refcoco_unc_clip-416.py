@@ -22,7 +22,7 @@ pad_val = (104.09373615, 116.7460125, 122.7709383)
 tokenizer = dict(
     type='TokenizeText', tokenizer='clip', context_length=context_length)
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    _base_.load_image,
     dict(type='LoadRefMask'),
     dict(type='Letterbox', scale=img_scale, pad_val=pad_val),
     tokenizer,
@@ -30,7 +30,7 @@ train_pipeline = [
 ]
 # The mask is loaded after the letterbox: IoU at the original resolution.
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    _base_.load_image,
     dict(type='Letterbox', scale=img_scale, pad_val=pad_val),
     dict(type='LoadRefMask'),
     tokenizer,

@@ -12,7 +12,7 @@ pad_val = (104.09373615, 116.7460125, 122.7709383)  # CLIP mean, BGR
 tokenizer = dict(
     type='TokenizeText', tokenizer='clip', context_length=context_length)
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    _base_.load_image,
     dict(type='LoadRefMask'),
     dict(type='RefRandomFlip', prob=0.5),
     dict(type='Letterbox', scale=img_scale, pad_val=pad_val),
@@ -20,7 +20,7 @@ train_pipeline = [
     dict(type='PackSegInputs', meta_keys=_base_.meta_keys),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    _base_.load_image,
     dict(type='Letterbox', scale=img_scale, pad_val=pad_val),
     dict(type='LoadRefMask'),
     tokenizer,
