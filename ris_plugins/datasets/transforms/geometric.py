@@ -8,6 +8,8 @@ from mmcv.transforms import BaseTransform, RandomFlip
 
 from mmseg.registry import TRANSFORMS
 
+RESIZE_BACKENDS = ('cv2', 'pillow')
+
 _LR_SWAP = {
     'left': 'right', 'right': 'left', 'leftmost': 'rightmost',
     'rightmost': 'leftmost', 'lefthand': 'righthand', 'righthand':
@@ -70,25 +72,36 @@ class Letterbox(BaseTransform):
 
     Args:
         scale (tuple[int, int]): Output (width, height) in pixels.
-        interpolation (str): cv2 interpolation of the image.
+        interpolation (str): Interpolation of the image (``mmcv.imresize``
+            name, e.g. ``'bicubic'``, ``'bilinear'``).
         pad_val (float | tuple): Image fill value (0-255 scale).
         seg_pad_val (int): Mask fill value.
+        backend (str): ``mmcv.imresize`` backend for the image and the
+            masks: ``'cv2'`` (default) or ``'pillow'`` (PIL's resize, with
+            antialiasing when shrinking; needs uint8 arrays), as mmcv's
+            ``Resize(backend=...)``.
 
     Raises:
-        ValueError: Non-positive ``scale``.
+        ValueError: Non-positive ``scale``, or an unknown ``backend`` (the
+            message lists the valid ones).
     """
 
     def __init__(self,
                  scale: Tuple[int, int],
                  interpolation: str = 'bicubic',
                  pad_val=0,
-                 seg_pad_val: int = 0) -> None:
+                 seg_pad_val: int = 0,
+                 backend: str = 'cv2') -> None:
         if min(scale) <= 0:
             raise ValueError(f'scale must be positive (w, h), got {scale}')
+        if backend not in RESIZE_BACKENDS:
+            raise ValueError(f'unknown resize backend {backend!r}; valid: '
+                             f'{RESIZE_BACKENDS}')
         self.scale = tuple(scale)
         self.interpolation = interpolation
         self.pad_val = pad_val
         self.seg_pad_val = seg_pad_val
+        self.backend = backend
 
     def _box(self, h: int, w: int) -> Tuple[int, int, int, int]:
         out_w, out_h = self.scale
@@ -101,7 +114,8 @@ class Letterbox(BaseTransform):
                    offset: Tuple[int, int], interpolation: str,
                    pad_val) -> np.ndarray:
         out_w, out_h = self.scale
-        resized = mmcv.imresize(arr, new_size, interpolation=interpolation)
+        resized = mmcv.imresize(
+            arr, new_size, interpolation=interpolation, backend=self.backend)
         canvas = np.empty((out_h, out_w) + arr.shape[2:], dtype=arr.dtype)
         canvas[...] = pad_val
         left, top = offset
@@ -127,4 +141,5 @@ class Letterbox(BaseTransform):
         return results
 
     def __repr__(self) -> str:
-        return f'{self.__class__.__name__}(scale={self.scale})'
+        return (f'{self.__class__.__name__}(scale={self.scale}, '
+                f'backend={self.backend!r})')

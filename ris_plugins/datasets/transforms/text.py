@@ -21,6 +21,7 @@ from mmseg.registry import TRANSFORMS
 from ris_plugins.utils.pretrained import resolve_pretrained
 
 TOKENIZERS = ('clip', 'bert')
+TRUNCATIONS = ('keep_sep', 'cut')
 
 
 @lru_cache(maxsize=4)
@@ -47,10 +48,23 @@ class TokenizeText(BaseTransform):
             ships one (see :func:`resolve_pretrained`).
         lower_case (bool): Lower-case the sentence first (CLIP BPE
             lower-cases anyway).
+        truncation (str): How a sequence longer than L is shortened:
+
+            * ``'keep_sep'`` (default): keep the first L - 1 tokens and end
+              with ``[SEP]`` / EOT (``transformers`` ``truncation=True``;
+              mmseg's ``tokenize`` and CRIS for CLIP);
+            * ``'cut'``: keep the first L tokens of ``[CLS] ... [SEP]``,
+              dropping ``[SEP]`` (LAVT ``data/dataset_refer_bert.py``:
+              ``input_ids[:20]``).
+
+            Sequences of at most L tokens are identical under both.
 
     Raises:
-        ValueError: Unknown ``tokenizer``, ``context_length < 2``, or
-            ``'bert'`` without ``vocab``.
+        ValueError: Unknown ``tokenizer`` or ``truncation`` (the message
+            lists the valid ones), ``context_length < 2``, or ``'bert'``
+            without ``vocab``; from :meth:`transform`, a ``text`` that is
+            not a string or is empty / whitespace only (named with its
+            ref).
         FileNotFoundError: ``vocab`` cannot be found.
     """
 
@@ -58,10 +72,14 @@ class TokenizeText(BaseTransform):
                  tokenizer: str = 'clip',
                  context_length: int = 17,
                  vocab: str = None,
-                 lower_case: bool = False) -> None:
+                 lower_case: bool = False,
+                 truncation: str = 'keep_sep') -> None:
         if tokenizer not in TOKENIZERS:
             raise ValueError(f'unknown tokenizer {tokenizer!r}; valid: '
                              f'{TOKENIZERS}')
+        if truncation not in TRUNCATIONS:
+            raise ValueError(f'unknown truncation {truncation!r}; valid: '
+                             f'{TRUNCATIONS}')
         if context_length < 2:
             raise ValueError(f'context_length must be >= 2, got '
                              f'{context_length}')
@@ -72,36 +90,51 @@ class TokenizeText(BaseTransform):
         self.context_length = context_length
         self.vocab = resolve_pretrained(vocab) if vocab else None
         self.lower_case = lower_case
+        self.truncation = truncation
         self._warned = False
 
     def _clip(self, text: str) -> Tuple[np.ndarray, np.ndarray, int]:
         from mmseg.utils import tokenize
-        full = int((tokenize(text, 77)[0] != 0).sum())
-        tokens = tokenize(text, self.context_length)[0].numpy()
+        untruncated = tokenize(text, max(77, self.context_length))[0]
+        full = int((untruncated != 0).sum())
+        if self.truncation == 'cut':
+            tokens = untruncated[:self.context_length].numpy()
+        else:
+            tokens = tokenize(text, self.context_length)[0].numpy()
         return tokens, (tokens != 0).astype(np.int64), full
 
     def _bert(self, text: str) -> Tuple[np.ndarray, np.ndarray, int]:
         tok = _bert_tokenizer(self.vocab)
-        full = len(tok(text)['input_ids'])
+        ids = tok(text)['input_ids']
+        length = self.context_length
+        if self.truncation == 'cut':
+            kept = ids[:length]
+            tokens = np.full(length, tok.pad_token_id, np.int64)
+            tokens[:len(kept)] = kept
+            mask = (np.arange(length) < len(kept)).astype(np.int64)
+            return tokens, mask, len(ids)
         enc = tok(
-            text,
-            max_length=self.context_length,
-            padding='max_length',
-            truncation=True)
+            text, max_length=length, padding='max_length', truncation=True)
         return (np.asarray(enc['input_ids'], np.int64),
-                np.asarray(enc['attention_mask'], np.int64), full)
+                np.asarray(enc['attention_mask'], np.int64), len(ids))
 
     def _warn_truncation(self, text: str, length: int) -> None:
         if not self._warned and length > self.context_length:
             print_log(
                 f'TokenizeText: sentences longer than context_length='
-                f'{self.context_length} tokens are truncated (first seen: '
-                f'{length} tokens, {text!r}); logged once.',
+                f'{self.context_length} tokens are truncated '
+                f'(truncation={self.truncation!r}; first seen: {length} '
+                f'tokens, {text!r}); logged once.',
                 logger='current')
             self._warned = True
 
     def transform(self, results: Dict) -> Dict:
         text = results['text']
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(
+                f'ref {results.get("ref_id")} (sentence '
+                f'{results.get("sent_id")}): text must be a non-empty '
+                f'string, got {text!r:.40}')
         if self.lower_case:
             text = text.lower()
         tokens, mask, length = (self._clip if self.tokenizer == 'clip'
@@ -114,4 +147,5 @@ class TokenizeText(BaseTransform):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(tokenizer={self.tokenizer!r}, '
                 f'context_length={self.context_length}, '
+                f'truncation={self.truncation!r}, '
                 f'vocab={osp.basename(self.vocab or "")!r})')
