@@ -4,10 +4,15 @@
 ``RefSegmentor``, as CRIS / ETRIS initialise their encoders
 (``model/clip.py`` ``build_model``).
 
-Input: the OpenAI TorchScript archive (``RN50.pt``, loaded with
-``torch.jit.load(...).state_dict()``) or a plain state dict saved with
-``torch.save`` (optionally under ``'state_dict'``). Half-precision tensors
-are cast to float32.
+Input: the OpenAI TorchScript archive (``RN50.pt``) or a plain state dict
+saved with ``torch.save`` (optionally under ``'state_dict'``).
+Half-precision tensors are cast to float32. The archive is **not** opened
+with ``torch.jit.load``, which compiles the TorchScript code in the file and
+runs its ``__setstate__`` methods: its tensors are read from ``data.pkl``
+with a restricted unpickler (``converter_utils.read_torchscript_state_dict``;
+only module records, tensors and storages, any other global refused), and
+plain files with ``torch.load(weights_only=True)``. No code from the file
+runs either way.
 
 Key mapping, OpenAI (``clip/model.py``) -> ours (:data:`KEY_TABLE`, used
 in both directions; ``{i}`` is a layer index, ``T`` stands for
@@ -69,22 +74,40 @@ Usage::
         pretrain/clip_rn50_ris.pth \\
         [--config configs/cris/cris_r50_8xb8-50e_refcoco-416x416.py]
 
-With ``--config`` the converted tensors are checked against the model of
-that config (every converted key must exist with the same shape, and only
-``attnpool.connect`` and BN ``num_batches_tracked`` may be missing from
-backbone / text encoder); nothing is written on a mismatch. A ViT's
-``backbone.pos_embed`` may differ in its number of rows (e.g. 197 at 224
-vs 677 for ``img_size=416``): ``VisionTransformer`` resizes it bicubically
-when the checkpoint is loaded. Point the config's ``load_from`` at the
-output.
+Without ``--config`` the output has the keys above (``backbone.*`` +
+``text_encoder.*``, CRIS's layout). With ``--config`` the layout is read
+from the config (:func:`layout_from_config`), so every CLIP-based config
+takes the output unchanged through ``load_from``:
+
+* ``backbone=CLIPResNet / CLIPViT`` (CRIS, mix configs): ``backbone.*``;
+  ``text_encoder=RefCLIPTextEncoder``: ``text_encoder.*``;
+* ``backbone=DualEncoderBackbone`` (ETRIS ViT / RN, BarLeRIa, mix
+  configs): the visual tower goes to ``backbone.visual.*`` and the text
+  tower to ``backbone.text.*``;
+* a tower the config does not take from CLIP (e.g. a MiniLM text encoder)
+  is left out, and the script says so.
+
+The converted tensors are then checked against the model of that config
+(every converted key must exist with the same shape, and only
+``attnpool.connect`` and BN ``num_batches_tracked`` may be missing from the
+CLIP towers); nothing is written on a mismatch. A ViT's ``pos_embed`` may
+differ in its number of rows (e.g. 197 at 224 vs 677 for
+``img_size=416``): ``VisionTransformer`` resizes it bicubically when the
+checkpoint is loaded.
 """
 import argparse
+import os.path as osp
 import re
+import sys
+import zipfile
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+import converter_utils as cu  # noqa: E402
 
 TEXT = 'text_encoder.clip.text_model.'
 LAYER = TEXT + 'encoder.layers.{i}.'
@@ -249,18 +272,20 @@ def _merge_qkv(state: Dict[str, Tensor]
     return packed, rest
 
 
-def to_openai(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+def to_openai(state: Dict[str, Tensor],
+              include_connect: bool = False) -> Dict[str, Tensor]:
     """Our ``backbone.*`` / ``text_encoder.*`` keys -> the OpenAI CLIP
     layout (the inverse of :func:`convert_clip`); CRIS's
-    ``attnpool.connect`` and every other key are left out. A backbone with
-    ``backbone.cls_token`` is taken as a :class:`CLIPViT`.
+    ``attnpool.connect`` (unless ``include_connect``, as in CRIS / ETRIS
+    checkpoints, whose CLIP holds it) and every other key are left out. A
+    backbone with ``backbone.cls_token`` is taken as a :class:`CLIPViT`.
 
     Raises:
         KeyError: A backbone / text-encoder key without a rule.
     """
     state = {k: v for k, v in state.items()
              if k.startswith(('backbone.', 'text_encoder.'))
-             and not NOT_IN_CLIP.match(k)}
+             and (include_connect or not NOT_IN_CLIP.match(k))}
     vit = 'backbone.cls_token' in state
     out, rest = _merge_qkv(state)
     transposed = {ours: openai for openai, ours in TRANSPOSE_TABLE}
@@ -276,78 +301,156 @@ def to_openai(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
 
 
 def load_openai(path: str) -> Dict[str, Tensor]:
-    """Load an OpenAI TorchScript archive or a plain (weights-only) state
-    dict from ``path``.
+    """The CLIP state dict in ``path``: an OpenAI TorchScript archive (read
+    without ``torch.jit.load``, see the module doc) or a plain state dict
+    (``torch.load(weights_only=True)``, optionally under ``'state_dict'``).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist (from torch).
+        FileNotFoundError: ``path`` does not exist.
+        RuntimeError, pickle.UnpicklingError, ValueError: An unreadable or
+            refused file (the message names it).
     """
-    try:
-        return torch.jit.load(path, map_location='cpu').state_dict()
-    except RuntimeError:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-        return ckpt.get('state_dict', ckpt)
+    if _is_torchscript(path):
+        return cu.read_torchscript_state_dict(path)
+    ckpt = cu.load_upstream(path)
+    if isinstance(ckpt, dict) and 'state_dict' in ckpt:
+        ckpt = ckpt['state_dict']
+    if not isinstance(ckpt, dict):
+        raise KeyError(f'{path}: expected a CLIP state dict, got '
+                       f'{type(ckpt).__name__}')
+    return ckpt
 
 
-def check_against_config(converted: Dict[str, Tensor], config: str) -> None:
-    """Check ``converted`` against the model built from ``config``.
+def _is_torchscript(path: str) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with
+    ``<root>/constants.pkl`` and ``<root>/code/``)."""
+    if not (osp.isfile(path) and zipfile.is_zipfile(path)):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return any(n.count('/') == 1 and n.endswith('/constants.pkl')
+               for n in names) and any('/code/' in n for n in names)
+
+
+class Layout(NamedTuple):
+    """Where a config's model takes the CLIP towers: key prefixes of the
+    visual and text tower, None for a tower not taken from CLIP."""
+    visual: Optional[str] = 'backbone.'
+    text: Optional[str] = 'text_encoder.'
+
+
+CLIP_VISUAL_TYPES = ('CLIPResNet', 'CLIPViT')
+CLIP_TEXT_TYPES = ('RefCLIPTextEncoder', )
+
+
+def layout_from_config(config: str) -> Layout:
+    """The CLIP layout of ``config``'s model (see the module doc).
 
     Raises:
-        KeyError: Converted keys the model lacks, or backbone / text keys
-            the conversion did not produce (other than ``connect``).
-        ValueError: A shape differs.
+        ValueError: The model takes neither tower from CLIP (names the
+            config and the types it has).
     """
     from mmengine.config import Config
+    model = Config.fromfile(config).model
 
-    import ris_plugins  # noqa: F401
-    from mmseg.registry import MODELS
-    from mmseg.utils import register_all_modules
-    register_all_modules()
-    target = MODELS.build(Config.fromfile(config).model).state_dict()
-    unexpected = sorted(set(converted) - set(target))
-    # BN's num_batches_tracked is filled in by BatchNorm when absent.
-    missing = sorted(
-        k for k in target if k.startswith(('backbone.', 'text_encoder.'))
-        and k not in converted and not NOT_IN_CLIP.match(k)
-        and not k.endswith('num_batches_tracked'))
-    if unexpected or missing:
-        raise KeyError(f'conversion does not match {config}: unexpected '
-                       f'{unexpected[:5]}, missing {missing[:5]}')
-    bad = [(k, tuple(v.shape), tuple(target[k].shape))
-           for k, v in converted.items() if v.shape != target[k].shape
-           and not _resizable_pos_embed(k, v, target[k])]
-    if bad:
-        raise ValueError(f'shape mismatch (key, converted, model): '
-                         f'{bad[:5]}')
+    def kind(cfg: Optional[dict]) -> Optional[str]:
+        return cfg.get('type') if isinstance(cfg, dict) else None
+
+    backbone = model.get('backbone')
+    if kind(backbone) == 'DualEncoderBackbone':
+        vis, txt = backbone.get('visual'), backbone.get('text')
+        layout = Layout(
+            'backbone.visual.' if kind(vis) in CLIP_VISUAL_TYPES else None,
+            'backbone.text.' if kind(txt) in CLIP_TEXT_TYPES else None)
+        found = (kind(vis), kind(txt))
+    else:
+        txt = model.get('text_encoder')
+        layout = Layout(
+            'backbone.' if kind(backbone) in CLIP_VISUAL_TYPES else None,
+            'text_encoder.' if kind(txt) in CLIP_TEXT_TYPES else None)
+        found = (kind(backbone), kind(txt))
+    if layout == Layout(None, None):
+        raise ValueError(
+            f'{config}: no CLIP tower to convert into (visual / text types '
+            f'{found}); valid: visual {CLIP_VISUAL_TYPES}, text '
+            f'{CLIP_TEXT_TYPES}, directly or inside DualEncoderBackbone')
+    return layout
 
 
-def _resizable_pos_embed(key: str, value: Tensor, target: Tensor) -> bool:
-    """A ViT ``backbone.pos_embed`` (1, N, C) vs the model's (1, N', C):
-    ``VisionTransformer._prepare_pos_embed`` resizes it on load."""
-    return (key == 'backbone.pos_embed' and value.dim() == target.dim() == 3
-            and value.shape[::2] == target.shape[::2])
+def relayout(converted: Dict[str, Tensor],
+             layout: Layout) -> Dict[str, Tensor]:
+    """Move :func:`convert_clip`'s ``backbone.*`` / ``text_encoder.*`` keys
+    to ``layout``'s prefixes; a tower whose prefix is None is dropped."""
+    out = OrderedDict()
+    for key, value in converted.items():
+        for ours, target in (('backbone.', layout.visual),
+                             ('text_encoder.', layout.text)):
+            if key.startswith(ours):
+                if target is not None:
+                    out[target + key[len(ours):]] = value
+                break
+        else:
+            raise KeyError(f'unexpected converted key {key!r}')
+    return out
+
+
+def check_against_config(converted: Dict[str, Tensor], config: str,
+                         layout: Optional[Layout] = None) -> None:
+    """Check ``converted`` (already in ``layout``; default CRIS's) against
+    the model built from ``config``.
+
+    Raises:
+        KeyError: Converted keys the model lacks, or CLIP-tower keys the
+            conversion did not produce (other than ``attnpool.connect``
+            and ``num_batches_tracked``).
+        ValueError: A shape differs.
+    """
+    layout = layout or Layout()
+    prefixes = [p for p in layout if p is not None]
+    cu.check_against_model(
+        converted, cu.model_shapes(config), config, prefixes=prefixes,
+        may_miss=re.compile(r'\.attnpool\.connect\.|num_batches_tracked$'),
+        resizable=re.compile(r'(^|\.)pos_embed$'))
 
 
 def parse_args() -> argparse.Namespace:
     """Command-line arguments: ``src``, ``dst`` and optional ``--config``."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0],
+        epilog='The TorchScript archive is read without torch.jit.load (its '
+        'tensors only, through a restricted unpickler), so no code from the '
+        'file runs.')
     parser.add_argument('src',
                         help='OpenAI CLIP RN50.pt / RN101.pt / ViT-B-16.pt')
     parser.add_argument('dst', help='output checkpoint path')
-    parser.add_argument('--config', help='verify against this config')
+    parser.add_argument('--config', help='write the layout of this config '
+                        "(CRIS, ETRIS, BarLeRIa, mix) and verify against its "
+                        'model')
     return parser.parse_args()
 
 
+def convert_for_config(state: Dict[str, Tensor],
+                       config: Optional[str]) -> Dict[str, Tensor]:
+    """:func:`convert_clip`, then (with ``config``) moved to the config's
+    layout and checked against its model."""
+    converted = convert_clip(state)
+    if config:
+        layout = layout_from_config(config)
+        converted = relayout(converted, layout)
+        for tower, prefix in zip(('visual', 'text'), layout):
+            if prefix is None:
+                print(f'{config} does not take the CLIP {tower} tower; it '
+                      'is left out')
+        check_against_config(converted, config, layout)
+    return converted
+
+
 def main() -> None:
-    """Convert ``src``, optionally verify it, and save
-    ``{'state_dict': ..., 'meta': {'source': src}}`` to ``dst``."""
+    """Convert ``src``, optionally into ``--config``'s layout (verified),
+    and save ``{'state_dict': ..., 'meta': {'source': src}}`` to ``dst``."""
     args = parse_args()
-    converted = convert_clip(load_openai(args.src))
-    if args.config:
-        check_against_config(converted, args.config)
-    torch.save({'state_dict': converted, 'meta': {'source': args.src}},
-               args.dst)
-    print(f'wrote {len(converted)} tensors to {args.dst}')
+    converted = convert_for_config(load_openai(args.src), args.config)
+    cu.save_converted(converted, args.dst, args.src)
 
 
 if __name__ == '__main__':

@@ -7,6 +7,12 @@ Upstream layouts (``yz93/LAVT-RIS``):
 * ``lavt``: ``{'model': <backbone.* + classifier.*>, 'bert_model': <BERT,
   possibly 'module.'-prefixed>}``;
 * ``lavt_one``: ``{'model': <backbone.* + classifier.* + text_encoder.*>}``;
+* both as ``train.py`` saves them: the above plus ``'optimizer'``,
+  ``'lr_scheduler'`` (state dicts), ``'epoch'`` and ``'args'`` (the
+  ``argparse.Namespace`` of the run). The file is read with
+  ``weights_only=True`` and exactly ``argparse.Namespace`` allowed for that
+  load (:func:`load_lavt`); any other object is refused with an error
+  naming the file and the global;
 * Swin (``microsoft/Swin-Transformer``), e.g.
   ``swin_base_patch4_window12_384_22k.pth``: ``{'model': <patch_embed.*,
   layers.*, norm.*, head.*>}``, loaded as backbone initialisation
@@ -25,12 +31,20 @@ model built from that config; any missing or unexpected key is reported,
 grouped by module, and nothing is written.
 """
 import argparse
+import os.path as osp
 import re
+import sys
 from collections import OrderedDict
 from typing import Dict, List, Tuple
 
-import torch
 from torch import Tensor
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+import converter_utils as cu  # noqa: E402
+
+#: Globals a LAVT training checkpoint may hold besides tensors and plain
+#: containers: ``train.py`` saves its ``args`` (``argparse.Namespace``).
+LAVT_ALLOWED_GLOBALS = (argparse.Namespace, )
 
 # (upstream prefix, our prefix) templates; {i}, {j} match integers. The
 # table is used in both directions (tests write upstream-layout checkpoints
@@ -180,31 +194,56 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def main() -> None:
-    args = parse_args()
-    # Upstream checkpoints hold only tensors and plain containers.
-    ckpt = torch.load(args.src, map_location='cpu')
-    if args.swin:
-        state = ckpt.get('model', ckpt)
-        converted = convert_swin(state)
-    else:
-        converted = convert_lavt(ckpt)
-    if args.config:
-        from mmengine.config import Config
+def load_lavt(path: str) -> dict:
+    """Read a LAVT / LAVT-One checkpoint (as ``train.py`` writes it) with
+    ``weights_only=True``, allowing exactly ``argparse.Namespace``.
 
-        from mmseg.registry import MODELS
-        from mmseg.utils import register_all_modules
+    Raises:
+        FileNotFoundError, RuntimeError: Missing, empty or truncated file
+            (named).
+        pickle.UnpicklingError: Any other global (file and global named).
+        KeyError: Not a dict.
+    """
+    ckpt = cu.load_upstream(path, allowed_globals=LAVT_ALLOWED_GLOBALS)
+    if not isinstance(ckpt, dict):
+        raise KeyError(f"{path}: expected a LAVT checkpoint dict with 'model'"
+                       f', got {type(ckpt).__name__}')
+    return ckpt
+
+
+def convert_file(path: str, swin: bool = False) -> Dict[str, Tensor]:
+    """Read and convert the upstream checkpoint ``path`` (LAVT / LAVT-One,
+    or a Swin classification checkpoint with ``swin``).
+
+    Raises:
+        KeyError: An unknown layout or key; the message names ``path``.
+    """
+    if swin:
+        ckpt = cu.load_upstream(path)
+        state = ckpt.get('model', ckpt) if isinstance(ckpt, dict) else ckpt
+        if not isinstance(state, dict):
+            raise KeyError(f'{path}: not a Swin state dict')
+        return convert_swin(state)
+    ckpt = load_lavt(path)
+    try:
+        return convert_lavt(ckpt)
+    except KeyError as err:
+        raise KeyError(f'{path}: {err.args[0]}') from err
+
+
+def main() -> None:
+    """Convert, optionally verify against ``--config``, and write
+    ``{'state_dict', 'meta'}`` to ``dst`` (nothing on a mismatch)."""
+    args = parse_args()
+    converted = convert_file(args.src, args.swin)
+    if args.config:
         from ris_plugins.utils.state_dict import load_state_dict_strict
-        register_all_modules()
-        import ris_plugins  # noqa: F401
-        model = MODELS.build(Config.fromfile(args.config).model)
+        model = cu.build_model(args.config)
         target = model.backbone if args.swin else model
         state = ({k[len('backbone.'):]: v for k, v in converted.items()}
                  if args.swin else converted)
         load_state_dict_strict(target, state, args.src)
-    torch.save({'state_dict': converted, 'meta': {'source': args.src}},
-               args.dst)
-    print(f'wrote {len(converted)} tensors to {args.dst}')
+    cu.save_converted(converted, args.dst, args.src)
 
 
 if __name__ == '__main__':
