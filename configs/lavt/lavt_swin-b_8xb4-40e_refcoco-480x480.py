@@ -10,10 +10,14 @@ img_scale = (480, 480)
 tokenizer = {{_base_.tokenizer}}
 meta_keys = {{_base_.meta_keys}}
 load_image = {{_base_.load_image}}
+# Our data pipeline by default: cv2 bilinear resize (cv2 nearest for the
+# mask) and WordPiece truncation that keeps [SEP]. LAVT's own pipeline
+# (PIL resize, ids cut at [:20]) is lavt-upstream-data_*.py; see README.md.
+resize = dict(type='Resize', scale=img_scale, keep_ratio=False, backend='cv2')
 train_pipeline = [
     load_image,
     dict(type='LoadRefMask'),
-    dict(type='Resize', scale=img_scale, keep_ratio=False),
+    resize,
     tokenizer,
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
@@ -22,7 +26,7 @@ train_pipeline = [
 test_pipeline = [
     load_image,
     dict(type='LoadRefMask'),
-    dict(type='Resize', scale=img_scale, keep_ratio=False),
+    resize,
     tokenizer,
     dict(type='PackSegInputs', meta_keys=meta_keys),
 ]
