@@ -18,4 +18,9 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2000),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    visualization=dict(type='SegVisualizationHook'),
+    # load_from / --checkpoint / resume must match the model (set
+    # strict=False to initialise partially on purpose; resume stays strict)
+    strict_load=dict(type='StrictLoadHook', strict=True),
+    # RNG states in every checkpoint, restored by --resume
+    rng_state=dict(type='RNGStateHook'))
