@@ -18,8 +18,7 @@ def build(root, **kwargs):
 
 
 def all_refs(root):
-    with open(osp.join(root, 'refshapes', 'refs(unc).p'), 'rb') as f:
-        return pickle.load(f)
+    return load_refer_pickle(osp.join(root, 'refshapes', 'refs(unc).p'))
 
 
 def test_sentence_modes(refshapes_root):
@@ -295,8 +294,8 @@ def test_bad_sentences_name_the_ref(broken_copy, edit, match):
     ref = _first_val_ref(broken_copy)
     _rewrite_refs(broken_copy, lambda refs: edit(
         next(r for r in refs if r['ref_id'] == ref['ref_id'])))
-    with pytest.raises(ValueError,
-                       match=rf"ref {ref['ref_id']} .*refs\(unc\)\.p.*{match}"):
+    pattern = rf"ref {ref['ref_id']} .*refs\(unc\)\.p.*{match}"
+    with pytest.raises(ValueError, match=pattern):
         build(broken_copy, split='val')
 
 
