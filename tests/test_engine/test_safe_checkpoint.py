@@ -3,6 +3,7 @@ test and resume with weights_only=True, and malicious pickles are refused."""
 import io
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -108,7 +109,7 @@ def test_runner_checkpoint_round_trips_test_and_resume(refshapes_root,
     assert 'oIoU' in metrics and 'mIoU' in metrics
     torch.testing.assert_close(
         tester.model.state_dict(),
-        torch.load(ckpt)['state_dict'])
+        torch.load(ckpt, weights_only=True)['state_dict'])
 
     cfg = tiny_cfg(refshapes_root, work, max_iters=3)
     cfg.resume = True
@@ -117,3 +118,44 @@ def test_runner_checkpoint_round_trips_test_and_resume(refshapes_root,
     resumed.train()
     assert resumed.iter == 3
     assert os.path.isfile(os.path.join(work, 'iter_3.pth'))
+
+
+class _Touch:
+    """Pickles as ``os.system('touch <marker>')``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}', ))
+
+
+def test_force_env_refuses_malicious_load_from(refshapes_root, tmp_path,
+                                               monkeypatch):
+    marker = tmp_path / 'pwned'
+    path = str(tmp_path / 'evil.pth')
+    torch.save({'state_dict': {}, 'meta': _Touch(marker)}, path)
+    monkeypatch.setenv(safe_checkpoint.FORCE_UNSAFE_ENV, '1')
+    cfg = tiny_cfg(refshapes_root, str(tmp_path / 'work'))
+    cfg.load_from = path
+    with pytest.raises(RuntimeError,
+                       match=safe_checkpoint.FORCE_UNSAFE_ENV) as err:
+        Runner.from_cfg(cfg).test()
+    assert path in str(err.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('resume', [False, True])
+@pytest.mark.parametrize('size', [0, 100])
+def test_empty_or_truncated_checkpoint_names_the_file(
+        refshapes_root, tmp_path, resume, size):
+    good = str(tmp_path / 'good.pth')
+    torch.save({'state_dict': torch.nn.Linear(200, 200).state_dict()}, good)
+    path = str(tmp_path / f'cut{size}.pth')
+    with open(good, 'rb') as src, open(path, 'wb') as dst:
+        dst.write(src.read()[:size])
+    cfg = tiny_cfg(refshapes_root, str(tmp_path / 'work'))
+    cfg.load_from, cfg.resume = path, resume
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(RuntimeError, match=re.escape(path)):
+        runner.train() if resume else runner.test()

@@ -102,7 +102,9 @@ class RNGStateHook(Hook):
     ``default_hooks.rng_state``. ``load_from`` without ``resume`` does not
     restore anything. Dataloader workers are reseeded by mmengine's
     ``worker_init_fn`` from the run's seed, and the sampler order comes from
-    the seed and the fast-forward, so they need no state here.
+    the seed and the fast-forward, so they need no state here; mmengine
+    builds them before it reads the checkpoint's seed, so a config without
+    ``randomness.seed`` gets a warning naming the seed to resume with.
 
     In distributed runs the checkpoint holds rank 0's states (checkpoints are
     written by rank 0); every rank restores them unless
@@ -121,7 +123,18 @@ class RNGStateHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """Keep the saved states of a resumed checkpoint for later."""
-        if not runner._resume or RNG_KEY not in checkpoint:
+        if not runner._resume:
+            return
+        seed = checkpoint.get('meta', {}).get('seed')
+        if runner._randomness_cfg.get('seed') is None and seed is not None \
+                and seed != runner.seed:
+            runner.logger.warning(
+                'the config sets no randomness.seed, so the dataloaders were '
+                f'built with seed {runner.seed}, not the checkpoint\'s {seed}: '
+                'the sampler order and worker seeds differ from the '
+                f'interrupted run. Resume with --cfg-options '
+                f'randomness.seed={seed} to continue it exactly.')
+        if RNG_KEY not in checkpoint:
             return
         rank, _ = get_dist_info()
         if rank != 0 and runner._randomness_cfg.get('diff_rank_seed'):
