@@ -2,14 +2,18 @@
 from . import attention  # noqa: F401  (registers the attention adapters)
 from .calibrate import all_gather_caches, calibrate, search_layer
 from .matmul import MatMul
-from .params import (load_quant_params, quant_state_dict, read_quant_params,
-                     save_quant_params)
+from .params import (file_sha256, load_quant_file, load_quant_params,
+                     quant_bits, quant_state_dict, read_quant_params,
+                     save_quant_params, weights_sha256)
 from .qmodules import QuantConv, QuantLinear, QuantMatMul
-from .quantize import QuantState, quantize_model, restore_model
+from .quantize import (QuantState, quantize_model, restore_model,
+                       validate_quant_cfg)
 from .quantizers import *  # noqa: F401,F403
 
 __all__ = [
-    'MatMul', 'QuantConv', 'all_gather_caches', 'QuantLinear', 'QuantMatMul', 'QuantState',
-    'calibrate', 'load_quant_params', 'quant_state_dict', 'quantize_model',
-    'read_quant_params', 'restore_model', 'save_quant_params', 'search_layer'
+    'MatMul', 'QuantConv', 'all_gather_caches', 'QuantLinear', 'QuantMatMul',
+    'QuantState', 'calibrate', 'file_sha256', 'load_quant_file',
+    'load_quant_params', 'quant_bits', 'quant_state_dict', 'quantize_model',
+    'read_quant_params', 'restore_model', 'save_quant_params', 'search_layer',
+    'validate_quant_cfg', 'weights_sha256'
 ]

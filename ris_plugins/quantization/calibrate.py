@@ -280,13 +280,18 @@ def calibrate(state: QuantState,
         dict: seconds spent per stage ('collect', 'init', 'search').
 
     Raises:
+        ValueError: no positions to run and no ``gather`` (0 calibration
+            samples).
         FloatingPointError: NaN or Inf in a calibration input.
         RuntimeError: a quantized layer never ran during calibration.
     """
+    positions = list(positions)
+    if not positions and gather is None:
+        raise ValueError('calibrate: no calibration samples (positions is '
+                         'empty); calibration needs at least one')
     times = {}
     cache = InputCache(state, max_rows)
     start = time.perf_counter()
-    positions = list(positions)
     try:
         with torch.no_grad():
             for i, pos in enumerate(positions):

@@ -109,8 +109,26 @@ def _build_quantizer(scheme: Optional[dict], bits: int, where: str,
     return quantizer
 
 
-def _check_rules(rules: List[dict], names: Dict[str, str]) -> None:
+def check_rules(rules) -> List[re.Pattern]:
+    """Validate the syntax of ``quant_cfg.rules`` (no model needed).
+
+    Returns:
+        list: the compiled ``pattern`` of each rule.
+
+    Raises:
+        ValueError: rules not a list of dicts, an unknown rule key or
+            ``types`` entry, or a ``pattern`` that is not a string or not a
+            valid regular expression (naming ``rules[i].pattern``, the
+            pattern and the regex error).
+    """
+    if not isinstance(rules, (list, tuple)):
+        raise ValueError('quant_cfg.rules must be a list of dicts, got '
+                         f'{type(rules).__name__}')
+    compiled = []
     for i, rule in enumerate(rules):
+        if not isinstance(rule, dict):
+            raise ValueError(f'quant_cfg.rules[{i}] must be a dict, got '
+                             f'{type(rule).__name__}')
         unknown = set(rule) - set(RULE_KEYS)
         if unknown:
             raise ValueError(f'quant_cfg.rules[{i}]: unknown keys '
@@ -119,7 +137,21 @@ def _check_rules(rules: List[dict], names: Dict[str, str]) -> None:
         if bad_types:
             raise ValueError(f'quant_cfg.rules[{i}].types: unknown '
                              f'{sorted(bad_types)}; valid: {KINDS}')
-        pattern = re.compile(rule.get('pattern', '.*'))
+        pattern = rule.get('pattern', '.*')
+        if not isinstance(pattern, str):
+            raise ValueError(f'quant_cfg.rules[{i}].pattern must be a '
+                             f'regular expression string, got {pattern!r}')
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as err:
+            raise ValueError(f'quant_cfg.rules[{i}].pattern {pattern!r} is '
+                             f'not a valid regular expression: {err}'
+                             ) from err
+    return compiled
+
+
+def _check_rules(rules: List[dict], names: Dict[str, str]) -> None:
+    for i, (rule, pattern) in enumerate(zip(rules, check_rules(rules))):
         if not rule.get('optional') and not any(_rule_applies(rule, pattern, n, k)
                    for n, k in names.items()):
             some = list(names)[:8]
@@ -168,16 +200,31 @@ def resolve_layer(name: str, kind: str, quant_cfg: dict) -> Optional[dict]:
 CFG_KEYS = ('w_bits', 'a_bits', 'global_qconfig', 'rules', 'faithful')
 
 
-def _validate_cfg(quant_cfg: dict) -> None:
+def validate_quant_cfg(quant_cfg: dict, require_bits: bool = True) -> None:
+    """Check a ``quant_cfg`` before any model is touched: known keys, bits
+    and the rules' syntax (see :func:`check_rules`).
+
+    Args:
+        require_bits: False to accept a config whose ``w_bits`` / ``a_bits``
+            come later (``PTQHook`` reads them from ``quant_bits``).
+
+    Raises:
+        ValueError: naming the key and the valid keys or range.
+    """
     unknown = set(quant_cfg) - set(CFG_KEYS)
     if unknown:
         raise ValueError(f'quant_cfg: unknown keys {sorted(unknown)}; valid '
                          f'keys: {CFG_KEYS}')
     for key in ('w_bits', 'a_bits'):
+        if key not in quant_cfg and not require_bits:
+            continue
         bits = quant_cfg.get(key)
-        if not isinstance(bits, int) or not 2 <= bits <= 16:
+        if isinstance(bits, bool) or not isinstance(
+                bits, int) or not 2 <= bits <= 16:
             raise ValueError(f'quant_cfg.{key} must be an int in [2, 16], '
                              f'got {bits!r}')
+    check_rules(quant_cfg.get('rules', []))
+
 
 
 def quantize_model(model: nn.Module, quant_cfg: dict) -> QuantState:
@@ -187,12 +234,17 @@ def quantize_model(model: nn.Module, quant_cfg: dict) -> QuantState:
     All quantizers are built and validated before the first swap, and any
     error restores the model, so a failure leaves the FP model untouched.
 
+    Per-group quantizers get their expected group count from the layer
+    (see :func:`group_count`), so parameters of the wrong shape are
+    refused when loaded.
+
     Raises:
         ValueError: bits outside [2, 16], an unknown quantizer type or
-            option, an unknown rule key, or a rule pattern that matches no
-            layer.
+            option, an unknown rule key, an invalid rule regex, a rule
+            pattern that matches no layer, or a ``num_channels`` that
+            contradicts the layer.
     """
-    _validate_cfg(quant_cfg)
+    validate_quant_cfg(quant_cfg)
     state = QuantState()
     before = {n: (m, type(m)) for n, m in model.named_modules()}
     for name in convert_attention(model):
@@ -223,6 +275,55 @@ def restore_model(model: nn.Module, state: QuantState) -> None:
     state._originals.clear()
 
 
+def group_count(model: nn.Module, name: str, kind: str, child: str,
+                quantizer: nn.Module) -> Optional[int]:
+    """The number of parameter groups a per-channel / per-head quantizer
+    of layer ``name`` must have, or None when the layer does not fix it.
+
+    Weights: ``weight.shape[ch_axis]``; Linear inputs with ``ch_axis=-1``:
+    ``in_features``; Conv inputs with ``ch_axis=1``: ``in_channels``;
+    attention products with ``ch_axis=1`` (B, H, N, M): the parent
+    attention module's ``num_heads`` / ``num_attention_heads``.
+    """
+    axis = getattr(quantizer, 'ch_axis', None)
+    if axis is None:
+        return None
+    layer = model.get_submodule(name)
+    if kind != 'MatMul':
+        if child == 'w_quantizer':
+            w = layer.weight
+            return int(w.shape[axis]) if -w.dim() <= axis < w.dim() else None
+        if kind == 'Linear' and axis == -1:
+            return int(layer.in_features)
+        if kind == 'Conv' and axis == 1:
+            return int(layer.in_channels)
+        return None
+    if axis != 1:
+        return None
+    parent = model.get_submodule(name.rpartition('.')[0])
+    for attr in ('num_heads', 'num_attention_heads'):
+        heads = getattr(parent, attr, None)
+        if isinstance(heads, int) and not isinstance(heads, bool):
+            return heads
+    return None
+
+
+def _bind_group_counts(model: nn.Module, name: str, kind: str,
+                       quantizers: dict) -> None:
+    """Set ``num_channels`` of per-group quantizers from the layer."""
+    for child, q in quantizers.items():
+        if q is None or not hasattr(q, 'num_channels'):
+            continue
+        count = group_count(model, name, kind, child, q)
+        if count is None:
+            continue
+        if q.num_channels is not None and q.num_channels != count:
+            raise ValueError(
+                f'{name}.{child}: num_channels={q.num_channels} but the '
+                f'layer has {count} groups along ch_axis={q.ch_axis}')
+        q.num_channels = count
+
+
 def _plan_and_swap(model: nn.Module, quant_cfg: dict,
                    state: QuantState) -> None:
     names = {n: layer_kind(m) for n, m in model.named_modules()
@@ -238,6 +339,8 @@ def _plan_and_swap(model: nn.Module, quant_cfg: dict,
             child: _build_quantizer(scheme, bits, f'{name}.{child}',
                                     quant_cfg.get('faithful', False))
             for child, (scheme, bits) in plan.items()}
+    for name, quantizers in built.items():
+        _bind_group_counts(model, name, names[name], quantizers)
     for name, quantizers in built.items():
         layer = model.get_submodule(name)
         to_quant(layer, quantizers)

@@ -1,4 +1,5 @@
 """PTQHook with mmengine's Runner and mim, and DDP calibration."""
+import copy
 import glob
 import os.path as osp
 import socket
@@ -10,6 +11,7 @@ import torch.multiprocessing as mp
 from mmengine.config import Config
 from mmengine.runner import Runner
 
+from ris_plugins.engine import calibrate_on_dataset
 from ris_plugins.quantization import (all_gather_caches, calibrate,
                                       quant_state_dict, quantize_model)
 
@@ -138,3 +140,158 @@ def test_ddp_calibration_equals_single_process(tmp_path):
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-6,
                                    atol=0, equal_nan=True, msg=key)
+
+
+# ------------------------------------------------ stale or foreign params
+def _fp_runner(cfg, ckpt):
+    runner = Runner.from_cfg(cfg.copy())
+    runner.load_checkpoint(ckpt)
+    return runner
+
+
+def _perturbed_checkpoint(trained, path):
+    """The trained weights with one tensor changed, saved at ``path`` (as a
+    retraining would leave a new file at the same path)."""
+    cfg, ckpt = trained
+    sd = _fp_runner(cfg, ckpt).model.state_dict()
+    key = next(k for k in sd if k.endswith('conv_seg.weight'))
+    sd = {k: v.clone() for k, v in sd.items()}
+    sd[key] += 0.5
+    for k in sd:
+        if k.startswith('backbone.') and k.endswith('.weight') and \
+                sd[k].dim() == 4:
+            sd[k] *= 1.5  # every backbone conv: new weight scales
+    torch.save(dict(state_dict=sd, meta={}), path)
+
+
+def _assert_fp_restored(runner, fp_runner):
+    assert not any('Quant' in type(m).__name__
+                   for m in runner.model.modules())
+    data = batch()
+    assert torch.equal(run(runner.model.eval(), data),
+                       run(fp_runner.model.eval(), data))
+
+
+def test_retrained_checkpoint_at_same_path_is_recalibrated(trained,
+                                                           tmp_path):
+    import shutil
+    cfg, ckpt = trained
+    model_path = str(tmp_path / 'model.pth')
+    shutil.copy(ckpt, model_path)
+    work = str(tmp_path / 'work')
+    first = ptq_cfg(trained, work, 'minmax', 'w8a8')
+    first.load_from = model_path
+    Runner.from_cfg(first).test()
+    params = osp.join(work, 'ptq_params.pth')
+    before = torch.load(params, weights_only=True)
+    shutil.copy(params, str(tmp_path / 'v1_params.pth'))
+
+    _perturbed_checkpoint(trained, model_path)  # same path, new contents
+    second = ptq_cfg(trained, work, 'minmax', 'w8a8')
+    second.load_from = model_path
+    Runner.from_cfg(second).test()
+    after = torch.load(params, weights_only=True)
+    key = next(k for k in after['state_dict']
+               if k.startswith('backbone.') and k.endswith('w_quantizer.scale'))
+    assert not torch.equal(after['state_dict'][key],
+                           before['state_dict'][key])  # recalibrated
+    assert after['meta']['checkpoint_sha256'] != \
+        before['meta']['checkpoint_sha256']
+
+    # the v1 parameters, named explicitly, are refused for the v2 weights
+    third = ptq_cfg(trained, str(tmp_path / 'explicit'), 'minmax', 'w8a8')
+    third.load_from = model_path
+    third.custom_hooks[0].load_params = str(tmp_path / 'v1_params.pth')
+    runner = Runner.from_cfg(third)
+    with pytest.raises(ValueError, match=r'v1_params.pth was calibrated for '
+                       r'checkpoint .*model.pth \(sha256 file:[0-9a-f]{64}\) '
+                       r'but the model was loaded from .*model.pth \(sha256 '
+                       r'file:[0-9a-f]{64}\)'):
+        runner.test()
+    _assert_fp_restored(runner, _fp_runner(cfg, model_path))
+
+
+def test_load_params_with_other_bits_fails_and_restores_fp(trained,
+                                                           tmp_path):
+    cfg, ckpt = trained
+    w8 = str(tmp_path / 'w8')
+    Runner.from_cfg(ptq_cfg(trained, w8, 'minmax', 'w8a8')).test()
+    w4 = ptq_cfg(trained, str(tmp_path / 'w4'), 'minmax', 'w4a4')
+    path = osp.join(w8, 'ptq_params.pth')
+    w4.custom_hooks[0].load_params = path
+    runner = Runner.from_cfg(w4)
+    with pytest.raises(ValueError, match=(
+            rf"{path}: quantizer '[\w.]+' was calibrated at 8 bits but the "
+            r'quantized model uses 4 bits')):
+        runner.test()
+    _assert_fp_restored(runner, _fp_runner(cfg, ckpt))
+
+
+def test_load_params_with_wrong_channel_count_fails_and_restores_fp(
+        trained, tmp_path):
+    cfg, ckpt = trained
+    work = str(tmp_path / 'w8')
+    Runner.from_cfg(ptq_cfg(trained, work, 'minmax', 'w8a8')).test()
+    path = osp.join(work, 'ptq_params.pth')
+    raw = torch.load(path, weights_only=True)
+    key = next(k for k in raw['state_dict'] if k.endswith(
+        'w_quantizer.scale') and raw['shapes'][k][0] > 1)
+    n = raw['shapes'][key][0]
+    raw['state_dict'][key] = raw['state_dict'][key][:-1].clone()
+    raw['shapes'][key] = [n - 1]
+    bad = str(tmp_path / 'bad.pth')
+    torch.save(raw, bad)
+    again = ptq_cfg(trained, str(tmp_path / 'again'), 'minmax', 'w8a8')
+    again.custom_hooks[0].load_params = bad
+    runner = Runner.from_cfg(again)
+    quantizer = key.rpartition('.')[0]
+    with pytest.raises(ValueError, match=(
+            rf"{bad} do not fit the quantized model: quantization parameter "
+            rf"'scale' has shape \({n - 1},\) but UniformQuantizer in "
+            rf"quantizer '{quantizer}' expects \({n},\)")):
+        runner.test()
+    _assert_fp_restored(runner, _fp_runner(cfg, ckpt))
+
+
+@pytest.mark.parametrize('steps', [0, -2])
+def test_calibrate_steps_must_be_positive_at_build(trained, tmp_path, steps):
+    cfg = ptq_cfg(trained, str(tmp_path / 'steps'), 'minmax', steps=steps)
+    with pytest.raises(ValueError, match=rf'PTQHook: calibrate_steps must '
+                       rf'be a positive int, got {steps}'):
+        Runner.from_cfg(cfg)
+
+
+def test_invalid_rule_regex_is_an_error_at_build(trained, tmp_path):
+    cfg = ptq_cfg(trained, str(tmp_path / 'regex'), 'minmax')
+    rules = list(cfg.custom_hooks[0].quant_cfg.rules)
+    cfg.custom_hooks[0].quant_cfg.rules = rules + [
+        dict(pattern=r'decode_head\.[conv', skip=True)]
+    with pytest.raises(ValueError, match=(
+            rf'quant_cfg.rules\[{len(rules)}\].pattern '
+            r"'decode_head\\\\.\[conv' is not a valid regular expression")):
+        Runner.from_cfg(cfg)
+
+
+def test_empty_calibration_set_names_the_setting(trained, tmp_path):
+    cfg, ckpt = trained
+    qcfg_ = ptq_cfg(trained, str(tmp_path / 'empty'), 'minmax')
+    ds = copy.deepcopy(qcfg_.train_dataloader.dataset)
+    ds.pipeline = qcfg_.test_dataloader.dataset.pipeline
+    ds.indices = 0
+    ds.serialize_data = False  # mmengine cannot serialize 0 samples
+    qcfg_.custom_hooks[0].calibrate_dataloader = dict(dataset=ds)
+    runner = Runner.from_cfg(qcfg_)
+    with pytest.raises(ValueError, match=(
+            r'the calibration set \(calibrate_dataloader.dataset\) has 0 '
+            r'samples, fewer than calibrate_steps=4')):
+        runner.test()
+    _assert_fp_restored(runner, _fp_runner(cfg, ckpt))
+
+
+def test_calibrate_on_dataset_without_samples(trained):
+    cfg, ckpt = trained
+    model = _fp_runner(cfg, ckpt).model.eval()
+    state = quantize_model(model, qcfg(8, rules=[]))
+    with pytest.raises(ValueError, match=r'the calibration set \(list\) has '
+                       r'0 samples, fewer than calibrate_steps=4'):
+        calibrate_on_dataset(state, model, [], steps=4)

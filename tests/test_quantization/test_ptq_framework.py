@@ -127,6 +127,9 @@ def test_rules_skip_override_bits_and_keep_input_fp():
      r"pattern 'backbone\\\\.nothing\\\\..\*' .* matches no quantizable "
      r'layer'),
     (dict(rules=[dict(patern='x')]), r"unknown keys \['patern'\]"),
+    (dict(rules=[dict(pattern=r'backbone\.(stages', skip=True)]),
+     r"quant_cfg.rules\[0\].pattern 'backbone\\\\.\(stages' is not a "
+     r'valid regular expression: missing \), unterminated subpattern'),
     (dict(global_qconfig=dict(w_qscheme=dict(W, observer='median'),
                               a_qscheme=A, m_qscheme=M)), 'median'),
 ])
