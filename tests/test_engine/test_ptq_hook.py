@@ -225,6 +225,16 @@ def test_load_params_with_other_bits_fails_and_restores_fp(trained,
             r'quantized model uses 4 bits')):
         runner.test()
     _assert_fp_restored(runner, _fp_runner(cfg, ckpt))
+    # same quantizers and bits, another quant_cfg (observer)
+    other = ptq_cfg(trained, str(tmp_path / 'pct'), 'percentile', 'w8a8')
+    other.custom_hooks[0].load_params = path
+    runner = Runner.from_cfg(other)
+    with pytest.raises(ValueError, match=(
+            rf'{path} was calibrated with quant_cfg.global_qconfig.a_qscheme'
+            r".observer = 'minmax' but the model is quantized with "
+            r"'percentile'")):
+        runner.test()
+    _assert_fp_restored(runner, _fp_runner(cfg, ckpt))
 
 
 def test_load_params_with_wrong_channel_count_fails_and_restores_fp(

@@ -113,3 +113,21 @@ def test_calibrate_without_samples_is_an_error():
     with pytest.raises(ValueError, match='no calibration samples'):
         calibrate(state, lambda i: None, [])
     assert osp.basename(__file__)  # module imported fine
+
+
+def test_content_hashes(tmp_path):
+    import copy
+    import hashlib
+
+    from ris_plugins.quantization import file_sha256, weights_sha256
+    path = tmp_path / 'blob.bin'
+    data = bytes(range(256)) * 5000  # > one 1 MiB read chunk
+    path.write_bytes(data)
+    assert file_sha256(str(path), chunk=1000) == hashlib.sha256(
+        data).hexdigest()
+    model = tiny_lavt()
+    same = copy.deepcopy(model)
+    assert weights_sha256(same) == weights_sha256(model)
+    with torch.no_grad():
+        next(same.parameters()).view(-1)[0] += 1e-3
+    assert weights_sha256(same) != weights_sha256(model)
