@@ -29,7 +29,9 @@ ours (:data:`KEY_TABLE`, used in both directions; ``E`` =
 No tensor changes shape or layout (both pack q, k, v along dim 0 of
 ``qkv``). ``--clip`` adds the text tower of an OpenAI CLIP checkpoint
 (TorchScript or state dict) through ``clip_to_ris.py``'s text rules; its
-visual tower is dropped.
+visual tower is dropped. Both files are read without running code from
+them (``torch.load(weights_only=True)``; TorchScript archives through
+``clip_to_ris.load_openai``, not ``torch.jit.load``).
 
 Usage::
 
@@ -161,13 +163,11 @@ def convert_clip_text(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
 
 
 def load_state(path: str) -> Dict[str, Tensor]:
-    """A plain state dict (optionally under ``'state_dict'``) or, failing
-    that, a TorchScript archive's state dict."""
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except RuntimeError:
-        return torch.jit.load(path, map_location='cpu').state_dict()
-    return ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
+    """A plain state dict (``weights_only=True``, optionally under
+    ``'state_dict'``) or a TorchScript archive's tensors (read without
+    ``torch.jit.load``, see ``clip_to_ris.load_openai``); no code from the
+    file runs."""
+    return _clip_module().load_openai(path)
 
 
 def check_against_config(converted: Dict[str, Tensor], config: str) -> None:
