@@ -152,8 +152,8 @@ def check_rules(rules) -> List[re.Pattern]:
 
 def _check_rules(rules: List[dict], names: Dict[str, str]) -> None:
     for i, (rule, pattern) in enumerate(zip(rules, check_rules(rules))):
-        if not rule.get('optional') and not any(_rule_applies(rule, pattern, n, k)
-                   for n, k in names.items()):
+        if not rule.get('optional') and not any(
+                _rule_applies(rule, pattern, n, k) for n, k in names.items()):
             some = list(names)[:8]
             raise ValueError(
                 f'quant_cfg.rules[{i}]: pattern {pattern.pattern!r} '

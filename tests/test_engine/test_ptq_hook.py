@@ -191,8 +191,8 @@ def test_retrained_checkpoint_at_same_path_is_recalibrated(trained,
     second.load_from = model_path
     Runner.from_cfg(second).test()
     after = torch.load(params, weights_only=True)
-    key = next(k for k in after['state_dict']
-               if k.startswith('backbone.') and k.endswith('w_quantizer.scale'))
+    key = next(k for k in after['state_dict'] if k.startswith('backbone.')
+               and k.endswith('w_quantizer.scale'))
     assert not torch.equal(after['state_dict'][key],
                            before['state_dict'][key])  # recalibrated
     assert after['meta']['checkpoint_sha256'] != \
