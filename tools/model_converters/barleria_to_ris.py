@@ -43,7 +43,8 @@ Key mapping, BarLeRIa (``model/segmenter.py`` ``BARLERIA``) -> ours:
 
 The released model (``use_txt_add: False``, padding prompts attended to,
 batch-axis prior) converts into
-``projects/barleria/configs/barleria-as-released_vit-b16_8xb4-50e_refcoco-416x416.py``;
+``projects/barleria/configs/``
+``barleria-as-released_vit-b16_8xb4-50e_refcoco-416x416.py``;
 our default BarLeRIa config adds the vision -> text LIM (``v2t``), which
 the release does not have.
 
@@ -51,7 +52,7 @@ Usage::
 
     python tools/model_converters/barleria_to_ris.py best_model.pth \\
         work_dirs/barleria_refcoco_converted.pth \\
-        [--config projects/barleria/configs/barleria-as-released_vit-b16_8xb4-50e_refcoco-416x416.py]
+        [--config <the as-released config above>]
 
 With ``--config`` the result is loaded strictly into that config's model;
 nothing is written on a mismatch.

@@ -145,8 +145,9 @@ def convert_state(state: Dict[str, Tensor], rules: Sequence[Rule],
     """
     clip, rest = cu.split_prefix(state, UPSTREAM_CLIP)
     if not clip:
+        heads = sorted({k.split('.')[0] for k in rest})
         raise KeyError(f"{source}: no CLIP 'backbone.*' keys; the model "
-                       f'keys start with {sorted({k.split(".")[0] for k in rest})}')
+                       f'keys start with {heads}')
     try:
         towers = convert_clip_towers(clip, layout)
     except (KeyError, ValueError) as err:
