@@ -26,6 +26,20 @@ def load_tool(relpath: str):
     return module
 
 
+def text_of(data_samples) -> tuple:
+    """(tokens, text_mask) (B, L) int64 stacked from data samples, as
+    RefDataPreProcessor does."""
+    from ris_plugins.models.data_preprocessors.ref_data_preprocessor import \
+        stack_text
+    return tuple(stack_text(data_samples, key, 'cpu')
+                 for key in ('text_tokens', 'text_mask'))
+
+
+def run_samples(model, inputs, data_samples, mode: str):
+    """``model`` in ``mode`` on images and the text of ``data_samples``."""
+    return model(inputs, *text_of(data_samples), data_samples, mode=mode)
+
+
 @pytest.fixture(scope='session')
 def make_refshapes():
     return load_tool('dataset_converters/make_refshapes.py')

@@ -23,4 +23,7 @@ default_hooks = dict(
     # strict=False to initialise partially on purpose; resume stays strict)
     strict_load=dict(type='StrictLoadHook', strict=True),
     # RNG states in every checkpoint, restored by --resume
-    rng_state=dict(type='RNGStateHook'))
+    rng_state=dict(type='RNGStateHook'),
+    # each dataloader's TokenizeText must fit the text encoder (vocabulary,
+    # context length), checked once before the run
+    text_check=dict(type='TextInputCheckHook'))

@@ -1,3 +1,7 @@
-from .hooks import PTQHook, RNGStateHook, StrictLoadHook, calibrate_on_dataset
+from .hooks import (PTQHook, RNGStateHook, StrictLoadHook,
+                    TextInputCheckHook, calibrate_on_dataset)
 
-__all__ = ['PTQHook', 'calibrate_on_dataset', 'RNGStateHook', 'StrictLoadHook']
+__all__ = [
+    'PTQHook', 'RNGStateHook', 'StrictLoadHook', 'TextInputCheckHook',
+    'calibrate_on_dataset'
+]

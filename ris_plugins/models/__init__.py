@@ -1,8 +1,10 @@
 from .adapters import *  # noqa: F401,F403
 from .backbones import *  # noqa: F401,F403
+from .data_preprocessors import *  # noqa: F401,F403
 from .fusion import *  # noqa: F401,F403
 from .heads import *  # noqa: F401,F403
 from .necks import *  # noqa: F401,F403
 from .segmentors import *  # noqa: F401,F403
 from .text_encoders import *  # noqa: F401,F403
 from .losses import *  # noqa: F401,F403
+from .utils import *  # noqa: F401,F403

@@ -48,6 +48,26 @@ def tokenize(cfg: Config, sentence: str = SENTENCE) -> Dict[str, torch.Tensor]:
     return {k: torch.as_tensor(out[k]) for k in ('text_tokens', 'text_mask')}
 
 
+def synthetic_inputs(cfg: Config, n: int,
+                     seed: int = 0) -> List[Tuple[torch.Tensor, ...]]:
+    """``n`` plain-tensor inputs of ``RefSegmentor.forward``.
+
+    Args:
+        cfg (Config): A RefSegmentor config.
+        n (int): Number of samples.
+        seed (int): Seed of the random (normalised) images.
+
+    Returns:
+        list[tuple]: ``(img (1, 3, H, W) float, tokens (1, L) int64,
+        text_mask (1, L) int64)`` per sample.
+    """
+    h, w = input_size(cfg)
+    text = tokenize(cfg)
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(1, 3, h, w, generator=g), text['text_tokens'][None],
+             text['text_mask'][None]) for _ in range(n)]
+
+
 def synthetic_batch(cfg: Config, batch: int, seed: int = 0) -> dict:
     """A training batch in the form ``model.train_step`` takes.
 

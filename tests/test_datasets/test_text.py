@@ -56,3 +56,27 @@ def test_unknown_truncation_lists_the_options():
 def test_blank_or_non_string_text_names_the_ref(text):
     with pytest.raises(ValueError, match='ref 5'):
         TokenizeText('clip')(dict(text=text, ref_id=5))
+
+
+def test_vocabulary_sizes():
+    # OpenAI CLIP BPE: 49,408 ids; bert-base-uncased WordPiece: 30,522.
+    assert TokenizeText('clip', 17).vocab_size == 49408
+    assert TokenizeText('bert', 20, vocab=MINILM).vocab_size == 30522
+
+
+@pytest.mark.parametrize('tokenizer', ['clip', 'bert'])
+def test_each_sentence_is_tokenized_once(tokenizer, monkeypatch):
+    import mmseg.utils
+    from transformers import BertTokenizerFast
+    calls = []
+    clip_tokenize = mmseg.utils.tokenize
+    bert_call = BertTokenizerFast.__call__
+    monkeypatch.setattr(mmseg.utils, 'tokenize',
+                        lambda *a, **k: calls.append(a) or clip_tokenize(
+                            *a, **k))
+    monkeypatch.setattr(BertTokenizerFast, '__call__',
+                        lambda self, *a, **k: calls.append(a) or bert_call(
+                            self, *a, **k))
+    step = TokenizeText(tokenizer, 4, vocab=MINILM)
+    step(dict(text='the small red circle on the left'))  # truncated
+    assert len(calls) == 1

@@ -16,8 +16,7 @@ from mmengine.runner import Runner
 
 from mmseg.registry import MODELS
 from ris_plugins.models.necks import FeatureAdapter
-from ris_plugins.models.segmentors.ref_segmentor import check_widths
-from ris_plugins.models.text_encoders import TextFeatures
+from ris_plugins.models.utils import TextFeatures, check_widths
 
 from ..conftest import ROOT, run_cfg
 
@@ -101,7 +100,8 @@ def test_adapter_resize_sum_by_hand():
     a = torch.arange(16.).reshape(1, 1, 4, 4)
     b = torch.full((1, 1, 2, 2), 10.)
     adapter = FeatureAdapter(in_channels=[1, 1], resize_to=1, merge='sum')
-    out, = adapter([a, b])
+    (out, ), text = adapter([a, b], None)
+    assert text is None
     want = torch.tensor([[2.5, 4.5], [10.5, 12.5]]) + 10.
     torch.testing.assert_close(out[0, 0], want)
     assert adapter.out_channels == 1
@@ -115,7 +115,7 @@ def test_adapter_projection_and_text_by_hand():
     assert adapter.out_channels == 8
     x = [torch.randn(2, 2, 3, 3), torch.randn(2, 3, 3, 3)]
     text = _text()
-    out, txt = adapter(x, text)
+    (out, ), txt = adapter(x, text)
     conv0 = adapter.projs[0].conv
     want0 = torch.einsum('oc,bchw->bohw', conv0.weight[:, :, 0, 0],
                          x[0]) + conv0.bias[None, :, None, None]
@@ -128,19 +128,17 @@ def test_adapter_projection_and_text_by_hand():
     assert torch.equal(txt.pad_mask, text.pad_mask)
 
 
-def test_adapter_neck_slot_scale_and_select():
-    """Neck-slot call: (map, text) in one tuple; in_index picks a level,
-    scale_factor 2 upsamples bilinearly; the text passes unchanged."""
+def test_adapter_scale_and_select():
+    """in_index picks a level, scale_factor 2 upsamples bilinearly; the
+    text passes unchanged."""
     adapter = FeatureAdapter(in_channels=[3, 2], in_index=-1,
                              scale_factor=2.0)
     text = _text()
     x = torch.ones(2, 2, 3, 3)
-    out, txt = adapter((torch.zeros(2, 3, 5, 5), x, text))
+    (out, ), txt = adapter((torch.zeros(2, 3, 5, 5), x), text)
     torch.testing.assert_close(out, torch.ones(2, 2, 6, 6))
-    assert txt is text or torch.equal(txt.word_feats, text.word_feats)
+    assert torch.equal(txt.word_feats, text.word_feats)
     assert adapter.out_channels == 2
-    assert len(FeatureAdapter(3, pass_text=False)(torch.ones(1, 3, 2, 2),
-                                                  text)) == 1
 
 
 @pytest.mark.parametrize('kwargs, match', [
@@ -161,9 +159,9 @@ def test_adapter_bad_input():
     adapter = FeatureAdapter(in_channels=[4, 4], merge='sum',
                              text_channels=5, text_out_channels=4)
     with pytest.raises(ValueError, match=r'widths \[4, 4\], got \[4, 3\]'):
-        adapter([torch.ones(1, 4, 2, 2), torch.ones(1, 3, 2, 2)])
+        adapter([torch.ones(1, 4, 2, 2), torch.ones(1, 3, 2, 2)], None)
     with pytest.raises(ValueError, match='set resize_to'):
-        adapter([torch.ones(1, 4, 2, 2), torch.ones(1, 4, 4, 4)])
+        adapter([torch.ones(1, 4, 2, 2), torch.ones(1, 4, 4, 4)], None)
     with pytest.raises(ValueError, match='word width 5, got 7'):
         adapter([torch.ones(2, 4, 2, 2)] * 2, _text(cw=7))
 

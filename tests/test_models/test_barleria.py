@@ -12,7 +12,7 @@ from mmengine.config import Config
 from mmseg.registry import MODELS
 from ris_plugins.models import SNF, LIMPrompts, ShortcutFlow
 
-from ..conftest import ROOT
+from ..conftest import ROOT, run_samples, text_of
 from .test_etris import (TINY_TEXT, n_params, samples,
                          tiny_backbone, tiny_segmentor, tokens)
 
@@ -174,7 +174,7 @@ def _barleria(side: bool):
 def test_barleria_variants_forward_backward(side):
     model = _barleria(side).train()
     img, ds = torch.randn(2, 3, 64, 64), samples(tokens(5, 8))
-    losses = model(img, ds, mode='loss')
+    losses = run_samples(model, img, ds, mode='loss')
     want = {'decode.loss_ce', 'decode.acc_seg'}
     if side:
         want.add('backbone.loss_side')
@@ -197,7 +197,7 @@ def test_barleria_variants_forward_backward(side):
         assert side_net.out_proj.weight.grad is not None
     model.eval()
     with torch.no_grad():
-        pred = model(img, samples(tokens(5, 8)), mode='predict')
+        pred = run_samples(model, img, samples(tokens(5, 8)), mode='predict')
     assert pred[0].pred_sem_seg.data.shape == (1, 64, 64)
 
 
@@ -205,10 +205,10 @@ def test_side_output_is_added_to_the_neck_output():
     model = _barleria(True).eval()
     img, ds = torch.randn(2, 3, 64, 64), samples(tokens(5, 8))
     with torch.no_grad():
-        x, _ = model.extract_feat(img, ds)
+        (x, ), _ = model.extract_feat(img, *text_of(ds))
         out = model.backbone(img, tokens(5, 8))
         model.fusion.extra_input = False
-        base, _ = model.fusion(out.visual[:3], out.text)
+        (base, ), _ = model.fusion(out.visual[:3], out.text)
     assert out.visual[3].shape == base.shape == (2, 16, 4, 4)
     torch.testing.assert_close(x, base + out.visual[3])
 
@@ -252,7 +252,7 @@ def test_prediction_does_not_depend_on_batch_composition(batch_axis):
         extra_input=True).eval()
     img, tok = torch.randn(3, 3, 64, 64), tokens(5, 8, 6)
     with torch.no_grad():
-        batch = model(img, samples(tok), mode='tensor')
-        alone = model(img[:1], samples(tok[:1]), mode='tensor')
+        batch = model(img, *text_of(samples(tok)))
+        alone = model(img[:1], *text_of(samples(tok[:1])))
     same = torch.allclose(batch[:1], alone, atol=1e-5, rtol=1e-4)
     assert same != batch_axis

@@ -228,7 +228,8 @@ def test_converter_checks_vit_against_config(tmp_path):
                 f'arch={TINY_ARCH!r}, img_size=160, out_indices=(0, 1), '
                 'output_dim=32), text_encoder=dict(_delete_=True, '
                 f"type='RefCLIPTextEncoder', config={TINY_TEXT!r}, "
-                'context_length=17))\n')
+                'context_length=17), fusion=dict(text_channels=48), '
+                'decode_head=dict(sent_channels=48, text_channels=32))\n')
     conv = load_converter()
     cfg = Config.fromfile(cfg_path)
     target = MODELS.build(cfg.model)

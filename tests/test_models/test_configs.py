@@ -8,7 +8,7 @@ from mmengine.config import Config
 
 from mmseg.registry import MODELS
 
-from ..conftest import ROOT
+from ..conftest import ROOT, run_samples
 from .test_ref_segmentor import samples
 
 CONFIGS = sorted(
@@ -43,7 +43,8 @@ def _forward(cfg: Config, size: int) -> list:
     tokens, mask = tokenize(cfg)
     ds[0].set_metainfo(dict(text_tokens=tokens, text_mask=mask))
     with torch.no_grad():
-        return model(torch.randn(1, 3, size, size), ds, mode='predict')
+        return run_samples(model, torch.randn(1, 3, size, size), ds,
+                           mode='predict')
 
 
 @pytest.mark.parametrize('path', DEMO, ids=osp.basename)

@@ -22,7 +22,7 @@ from ris_plugins.models import (CLIPResNet, CRISHead, DenseAttentionPool2d,
 from ris_plugins.models.fusion import CRISFPN
 from ris_plugins.utils.state_dict import load_state_dict_strict
 
-from ..conftest import ROOT, load_tool
+from ..conftest import ROOT, load_tool, text_of
 
 SOT, EOT = 49406, 49407
 CRIS_CFG = osp.join(ROOT, 'configs', 'cris')
@@ -82,7 +82,7 @@ def tiny_model():
     torch.manual_seed(0)
     model = MODELS.build(dict(
         type='RefSegmentor',
-        data_preprocessor=dict(type='SegDataPreProcessor', mean=[0, 0, 0],
+        data_preprocessor=dict(type='RefDataPreProcessor', mean=[0, 0, 0],
                                std=[1, 1, 1], seg_pad_val=0),
         backbone=dict(type='CLIPResNet', **TINY_RN),
         text_encoder=dict(type='RefCLIPTextEncoder', context_length=8,
@@ -264,11 +264,12 @@ def test_cris_fpn_shapes_and_text_gate():
            torch.randn(2, 32, 4, 4)]
     text = _text()
     with torch.no_grad():
-        out, passed = fpn(vis, text)
-        other, _ = fpn(vis, _text(seed=1))
+        (out, ), passed = fpn(vis, text)
+        (other, ), _ = fpn(vis, _text(seed=1))
         # Sizes that do not divide by 2 (e.g. 200 px: 25 / 12 / 6).
-        odd, _ = fpn([torch.randn(2, 16, 25, 25), torch.randn(2, 24, 12, 12),
-                      torch.randn(2, 32, 6, 6)], text)
+        (odd, ), _ = fpn([torch.randn(2, 16, 25, 25),
+                          torch.randn(2, 24, 12, 12),
+                          torch.randn(2, 32, 6, 6)], text)
     assert out.shape == (2, 12, 8, 8) and odd.shape == (2, 12, 12, 12)
     assert passed is text
     assert not torch.allclose(out, other)  # the sentence gates f5
@@ -329,7 +330,7 @@ def test_cris_head_logits_and_dynamic_kernel():
     randomize_bn(head)
     x, text = torch.randn(2, 32, 4, 5), _text()
     with torch.no_grad():
-        logits = head((x, text))
+        logits = head((x, ), text)
         # Reference: a per-sample conv with the predicted kernel + bias.
         feats = head.projector.vis(head.decoder(x, text.word_feats,
                                                 text.pad_mask))
@@ -341,8 +342,6 @@ def test_cris_head_logits_and_dynamic_kernel():
     assert logits.shape == (2, 1, 16, 20)  # stride 4 of the input map
     torch.testing.assert_close(logits, ref)
     assert head.conv_seg is None and head.threshold == 0.35
-    with pytest.raises(ValueError, match='TextFeatures'):
-        head((x, x))
     with pytest.raises(ValueError, match='loss_at'):
         tiny_head(loss_at='input')
 
@@ -352,9 +351,9 @@ def test_cris_head_bce_loss(loss_at):
     head = tiny_head(loss_at=loss_at).eval()  # no dropout noise
     x, text = torch.randn(2, 32, 4, 4), _text()
     ds = samples(tokens(5, 3))  # gt 64 x 64, logits 16 x 16
-    losses = head.loss((x, text), ds, {})
+    losses = head.loss((x, ), ds, {}, text)
     assert set(losses) == {'loss_ce', 'acc_seg'}
-    logits = head((x, text))
+    logits = head((x, ), text)
     gt = torch.stack([d.gt_sem_seg.data for d in ds]).float()  # (2,1,64,64)
     if loss_at == 'logits':
         # CRIS: GT nearest-resized 64 -> 16, i.e. rows / columns 0, 4, ...
@@ -484,8 +483,8 @@ def test_converter_round_trip_through_openai_layout():
     img = torch.randn(2, 3, 64, 64)
     ds = samples(tokens(6, 4))
     with torch.no_grad():
-        torch.testing.assert_close(fresh(img, ds, mode='tensor'),
-                                   model(img, ds, mode='tensor'))
+        torch.testing.assert_close(fresh(img, *text_of(ds)),
+                                   model(img, *text_of(ds)))
 
 
 def test_converter_inputs_and_errors(tmp_path):
@@ -513,7 +512,8 @@ def test_converter_checks_against_config(tmp_path):
         f.write(f"_base_ = ['{DEMO_CFG}']\n"
                 'model = dict(text_encoder=dict(_delete_=True, '
                 f"type='RefCLIPTextEncoder', config={TINY_TEXT!r}, "
-                'context_length=17))\n')
+                'context_length=17), fusion=dict(text_channels=48), '
+                'decode_head=dict(sent_channels=48, text_channels=32))\n')
     conv = load_converter()
     model = MODELS.build(Config.fromfile(cfg_path).model)
     converted = conv.convert_clip(conv.to_openai(model.state_dict()))

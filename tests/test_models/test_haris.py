@@ -21,7 +21,7 @@ from ris_plugins.models.fusion.hla import HLABlock
 from ris_plugins.models.heads.query_mask_head import QueryMaskHead
 from ris_plugins.models.losses import BinaryFocalLoss
 
-from ..conftest import ROOT
+from ..conftest import ROOT, run_samples
 
 SOT, EOT = 49406, 49407
 DEMO_CFG = osp.join(ROOT, 'configs', 'demo',
@@ -234,23 +234,23 @@ def test_hierarchical_shapes_injection_and_flags():
               torch.randn(2, 6, 8, 8)]
     text = text_feats()
     fusion = HierarchicalHLA([12, 10, 6], C_W, C_S, D).eval()
-    x, out_text = fusion(levels, text)
+    (x, ), out_text = fusion(levels, text)
     assert x.shape == (2, D, 8, 8) and out_text.word_feats.shape == (2, 5, D)
     assert out_text.sent_feat is text.sent_feat
     assert len(fusion.blocks) == 3 and len(fusion.inject) == 2
     assert fusion.inject[0].conv.out_channels == 10  # D -> C_2
     # Level 3 = HLA_3(F_3 + Conv(M_2)): changing the shallow level changes
     # the output only through the injection.
-    x2, _ = fusion([levels[0] + 1.0] + levels[1:], text)
+    (x2, ), _ = fusion([levels[0] + 1.0] + levels[1:], text)
     assert (x - x2).abs().max() > 1e-3
     flat = HierarchicalHLA([12, 10, 6], C_W, C_S, D,
                            use_hierarchy=False).eval()
     assert len(flat.blocks) == 1 and len(flat.inject) == 0
-    y, _ = flat(levels, text)
-    y2, _ = flat([levels[0] + 1.0] + levels[1:], text)
+    (y, ), _ = flat(levels, text)
+    (y2, ), _ = flat([levels[0] + 1.0] + levels[1:], text)
     torch.testing.assert_close(y, y2)  # shallow level unused
     pyramid = HierarchicalHLA([12, 10, 6], C_W, C_S, D, stride=2).eval()
-    assert pyramid(levels, text)[0].shape == (2, D, 2, 2)  # 8 -> 4 -> 2
+    assert pyramid(levels, text)[0][0].shape == (2, D, 2, 2)  # 8 -> 4 -> 2
     chain = HierarchicalHLA([12, 10, 6], C_W, C_S, D,
                             word_flow='chain').eval()
     assert chain.blocks[1].text_channels == D  # reads level 1's words
@@ -277,7 +277,7 @@ def test_query_head_shapes_and_product():
     x = torch.randn(2, D, 5, 6)
     text = text_feats()
     text = TextFeatures(torch.randn(2, 5, D), text.sent_feat, text.pad_mask)
-    logits = h((x, text))
+    logits = h((x, ), text)
     assert logits.shape == (2, 1, 20, 24)
     # logits = MLP(query output) . upsampled map
     emb = h.mask_mlp(h.decode_query(x, text))  # (B, C)
@@ -287,11 +287,11 @@ def test_query_head_shapes_and_product():
     # Padded words are masked keys: the query token ignores them.
     words = text.word_feats.clone()
     words[0, -2:] = 50.0
-    moved = h((x, TextFeatures(words, text.sent_feat, text.pad_mask)))
+    moved = h((x, ), TextFeatures(words, text.sent_feat, text.pad_mask))
     torch.testing.assert_close(logits, moved)
     replaced = head(decoder_replaced=True)
     assert not hasattr(replaced, 'layers')
-    assert replaced((x, text)).shape == (2, 1, 20, 24)
+    assert replaced((x, ), text).shape == (2, 1, 20, 24)
 
 
 def test_query_head_errors():
@@ -303,9 +303,7 @@ def test_query_head_errors():
         head(loss_at='pixels')
     text = text_feats()  # words 24 wide, head query width 16
     with pytest.raises(ValueError, match='query width'):
-        head()((torch.randn(2, D, 4, 4), text))
-    with pytest.raises(ValueError, match='TextFeatures'):
-        head()((torch.randn(2, D, 4, 4), ))
+        head()((torch.randn(2, D, 4, 4), ), text)
 
 
 def test_binary_focal_loss_by_hand():
@@ -376,7 +374,8 @@ def test_gradients_reach_only_fusion_and_head():
     model.train()
     assert not model.backbone.training
     assert not model.text_encoder.clip.training
-    losses = model(torch.randn(2, 3, 32, 32), clip_samples(2), mode='loss')
+    losses = run_samples(model, torch.randn(2, 3, 32, 32), clip_samples(2),
+                         mode='loss')
     assert set(losses) == {'decode.loss_focal', 'decode.loss_dice',
                            'decode.acc_seg'}
     sum(v for k, v in losses.items() if 'loss' in k).backward()
@@ -405,7 +404,8 @@ ABLATIONS = [
 @pytest.mark.parametrize('flags', ABLATIONS, ids=lambda f: ','.join(f))
 def test_each_ablation_builds_trains_and_predicts(flags):
     model = tiny_haris(**flags)
-    losses = model(torch.randn(2, 3, 32, 32), clip_samples(2), mode='loss')
+    losses = run_samples(model, torch.randn(2, 3, 32, 32), clip_samples(2),
+                         mode='loss')
     loss = losses['decode.loss_focal'] + losses['decode.loss_dice']
     loss.backward()
     grads = [p.grad for p in model.decode_head.parameters()
@@ -413,8 +413,8 @@ def test_each_ablation_builds_trains_and_predicts(flags):
     assert all(g is not None for g in grads)
     model.eval()
     with torch.no_grad():
-        pred = model(torch.randn(1, 3, 32, 32), clip_samples(1),
-                     mode='predict')
+        pred = run_samples(model, torch.randn(1, 3, 32, 32),
+                           clip_samples(1), mode='predict')
     assert pred[0].pred_sem_seg.data.shape == (1, 32, 32)
 
 

@@ -8,7 +8,7 @@ from ris_plugins.models import (PWAM, BertTextEncoder, LAVTHead,
                                 MultiModalSwin, TextFeatures)
 from ris_plugins.utils.state_dict import load_state_dict_strict
 
-from ..conftest import TINY_BERT, load_tool
+from ..conftest import TINY_BERT, load_tool, text_of
 from .test_ref_segmentor import samples
 
 TINY_SWIN = dict(
@@ -29,7 +29,7 @@ def text(b=2, length=6, c=32, pad=2):
 def tiny_lavt():
     model = MODELS.build(dict(
         type='RefSegmentor',
-        data_preprocessor=dict(type='SegDataPreProcessor', mean=[0] * 3,
+        data_preprocessor=dict(type='RefDataPreProcessor', mean=[0] * 3,
                                std=[1] * 3),
         backbone=dict(type='MultiModalSwin', text_channels=32, **TINY_SWIN),
         text_encoder=dict(type='BertTextEncoder', config=TINY_BERT,
@@ -149,8 +149,8 @@ def test_converter_round_trip_is_exact():
     inputs = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(
-            fresh(inputs, samples(2), mode='tensor'),
-            model(inputs, samples(2), mode='tensor'))
+            fresh(inputs, *text_of(samples(2))),
+            model(inputs, *text_of(samples(2))))
     # the lavt (two-entry) layout with a DDP-prefixed BERT converts too
     bert = {k[len('text_encoder.'):]: v for k, v in upstream['model'].items()
             if k.startswith('text_encoder.')}

@@ -11,6 +11,7 @@ from ris_plugins.quantization import (QuantLinear, calibrate,
                                       search_layer)
 from ris_plugins.quantization.quantizers import UniformQuantizer
 
+from ..conftest import text_of
 from ..test_models.test_lavt import tiny_lavt
 from ..test_models.test_ref_segmentor import samples, tiny_model
 
@@ -39,7 +40,7 @@ def batch(n=2, seed=0):
 
 def run(model, data):
     with torch.no_grad():
-        return model(data[0], data[1], mode='tensor')
+        return model(data[0], *text_of(data[1]))
 
 
 def calibrate_on(model, state, data, **kw):

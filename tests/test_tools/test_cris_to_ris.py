@@ -10,7 +10,7 @@ import torch
 
 from ris_plugins.utils.state_dict import load_state_dict_strict
 
-from ..conftest import ROOT, load_tool
+from ..conftest import ROOT, load_tool, text_of
 from ..test_models.test_cris import samples, tiny_model, tokens
 
 # Official names (model/segmenter.py, model/layers.py, model/clip.py) and
@@ -90,8 +90,8 @@ def test_round_trip_gives_identical_outputs(tmp_path, monkeypatch):
     fresh.eval()
     img, ds = torch.randn(2, 3, 64, 64), samples(tokens(6, 4))
     with torch.no_grad():
-        torch.testing.assert_close(fresh(img, ds, mode='tensor'),
-                                   model(img, ds, mode='tensor'),
+        torch.testing.assert_close(fresh(img, *text_of(ds)),
+                                   model(img, *text_of(ds)),
                                    rtol=0, atol=0)
 
 

@@ -13,7 +13,7 @@ from mmengine.config import Config
 from mmseg.registry import MODELS
 from ris_plugins.utils.state_dict import load_state_dict_strict
 
-from ..conftest import ROOT, load_tool
+from ..conftest import ROOT, load_tool, text_of
 from ..test_models.test_etris import samples, tiny_rn_segmentor, tokens
 from .test_cris_to_ris import train_py_file
 
@@ -91,8 +91,8 @@ def test_vit_official_names_and_round_trip(tmp_path, monkeypatch):
     ds = samples(tokens(6, 4, total=17), size=160)
     img = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
-        torch.testing.assert_close(fresh.eval()(img, ds, mode='tensor'),
-                                   model(img, ds, mode='tensor'),
+        torch.testing.assert_close(fresh.eval()(img, *text_of(ds)),
+                                   model(img, *text_of(ds)),
                                    rtol=0, atol=0)
 
 
@@ -117,8 +117,8 @@ def test_rn_official_names_and_round_trip(tmp_path, monkeypatch):
     ds = samples(tokens(6, 4))
     img = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(fresh.eval()(img, ds, mode='tensor'),
-                                   model(img, ds, mode='tensor'),
+        torch.testing.assert_close(fresh.eval()(img, *text_of(ds)),
+                                   model(img, *text_of(ds)),
                                    rtol=0, atol=0)
 
 

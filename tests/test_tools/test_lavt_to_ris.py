@@ -12,7 +12,7 @@ import torch
 
 from ris_plugins.utils.state_dict import load_state_dict_strict
 
-from ..conftest import load_tool
+from ..conftest import load_tool, text_of
 from ..test_models.test_lavt import tiny_lavt
 from ..test_models.test_ref_segmentor import samples
 
@@ -66,8 +66,8 @@ def test_train_py_checkpoint_converts(tmp_path, monkeypatch, layout):
     load_state_dict_strict(fresh, out['state_dict'], str(dst))
     inputs = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(fresh(inputs, samples(2), mode='tensor'),
-                                   model(inputs, samples(2), mode='tensor'),
+        torch.testing.assert_close(fresh(inputs, *text_of(samples(2))),
+                                   model(inputs, *text_of(samples(2))),
                                    rtol=0, atol=0)
 
 

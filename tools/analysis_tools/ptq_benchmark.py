@@ -25,12 +25,12 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS
-from mmseg.structures import SegDataSample
 from mmseg.utils import register_all_modules
 
 import ris_plugins  # noqa: F401
 from ris_plugins.quantization import calibrate, quantize_model, search_layer
 from ris_plugins.quantization.report import model_size_mb
+from ris_plugins.utils.synthetic import synthetic_inputs
 
 BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
                  num_attention_heads=12, intermediate_size=3072)
@@ -38,26 +38,6 @@ BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def synthetic(cfg: Config, n: int, seed: int = 0) -> list:
-    """n (image (1, 3, S, S), [SegDataSample]) pairs at the config's
-    input size with random tokens of its length (last 4 padded)."""
-    size = cfg.model.data_preprocessor.get('size') or (480, 480)
-    step = next(t for t in cfg.test_dataloader.dataset.pipeline
-                if t.type == 'TokenizeText')
-    length = step.get('max_length') or step.get('context_length') or 20
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        tokens = torch.randint(1000, 2000, (length, ), generator=g)
-        tokens[0], tokens[-4:] = 101, 0
-        ds = SegDataSample(metainfo=dict(
-            text_tokens=tokens, text_mask=(tokens != 0).long(),
-            img_shape=tuple(size), ori_shape=tuple(size),
-            pad_shape=tuple(size)))
-        out.append((torch.randn(1, 3, *size, generator=g), [ds]))
-    return out
 
 
 def build(args) -> tuple:
@@ -93,8 +73,8 @@ def naive_search(model, state, name, data) -> tuple:
     start = time.perf_counter()
     with torch.no_grad():
         refs = []
-        for img, ds in data:
-            model(img, ds, mode='tensor')
+        for inputs in data:
+            model(*inputs)
             refs.append(outs.pop())
         layer.a_quantizer.enabled = True
         q.enabled = True
@@ -102,8 +82,8 @@ def naive_search(model, state, name, data) -> tuple:
         for i in range(q.num_candidates()):
             q.select(torch.full(tuple(q.group_shape), i, dtype=torch.long))
             err = 0
-            for (img, ds), ref in zip(data, refs):
-                model(img, ds, mode='tensor')
+            for inputs, ref in zip(data, refs):
+                model(*inputs)
                 err = err + (outs.pop() - ref).double().square().flatten(
                     0, -2).sum(0)
             errors.append(err)
@@ -127,7 +107,7 @@ def main():
     register_all_modules()
     torch.manual_seed(0)
     cfg, model = build(args)
-    data = synthetic(cfg, args.samples)
+    data = synthetic_inputs(cfg, args.samples)
     print(f'threads {torch.get_num_threads()}, model built, peak RSS '
           f'{peak_rss_mb():.0f} MiB')
     for bits in ('w8a8', 'w6a6', 'w4a8', 'w4a4'):
@@ -139,7 +119,7 @@ def main():
     qmodel = copy.deepcopy(model) if args.naive_layers else model
     state = quantize_model(qmodel, qc)
     rss0 = peak_rss_mb()
-    times = calibrate(state, lambda i: qmodel(*data[i], mode='tensor'),
+    times = calibrate(state, lambda i: qmodel(*data[i]),
                       range(len(data)), search=search)
     print(f'{args.method} {args.bits.upper()} calibration of '
           f'{len(state.layers)} layers on {len(data)} samples: ' +
@@ -153,7 +133,7 @@ def compare(model, qc, data, num_layers: int) -> None:
     """Search the same layers both ways from the same initialisation and
     report the chosen weight steps and the time ratio."""
     state = quantize_model(model, qc)
-    calibrate(state, lambda i: model(*data[i], mode='tensor'),
+    calibrate(state, lambda i: model(*data[i]),
               range(len(data)), max_rows=10**9)
     names = [n for n, m in state.layers.items() if n.startswith(
         'text_encoder') and type(m).__name__ == 'QuantLinear'][:num_layers]
@@ -167,8 +147,8 @@ def compare(model, qc, data, num_layers: int) -> None:
         handle = layer.register_forward_pre_hook(
             lambda m, a: cache.append(a[0].reshape(-1, a[0].shape[-1])))
         with torch.no_grad():
-            for img, ds in data:
-                model(img, ds, mode='tensor')
+            for inputs in data:
+                model(*inputs)
         handle.remove()
         layer.a_quantizer.enabled = layer.w_quantizer.enabled = True
         start = time.perf_counter()

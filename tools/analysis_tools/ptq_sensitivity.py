@@ -40,8 +40,7 @@ def layer_errors(model, state, batches) -> list:
 
     def logits():
         with torch.no_grad():
-            return torch.cat([model(b['inputs'], b['data_samples'],
-                                    mode='tensor') for b in batches])
+            return torch.cat([model(**b, mode='tensor') for b in batches])
 
     for q in quantizers:
         q.enabled = False

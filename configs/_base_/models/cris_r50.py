@@ -21,7 +21,7 @@ norm_cfg = dict(type='BN', requires_grad=True)
 # CLIP's mean / std (0.48145466, 0.4578275, 0.40821073) / (0.26862954,
 # 0.26130258, 0.27577711) on the 0-255 scale, RGB.
 data_preprocessor = dict(
-    type='SegDataPreProcessor',
+    type='RefDataPreProcessor',
     mean=[122.7709383, 116.7460125, 104.09373615],
     std=[68.5005327, 66.6321579, 70.32316305],
     bgr_to_rgb=True,

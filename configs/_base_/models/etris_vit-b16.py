@@ -21,7 +21,7 @@
 norm_cfg = dict(type='BN', requires_grad=True)
 # CLIP's mean / std on the 0-255 scale, RGB.
 data_preprocessor = dict(
-    type='SegDataPreProcessor',
+    type='RefDataPreProcessor',
     mean=[122.7709383, 116.7460125, 104.09373615],
     std=[68.5005327, 66.6321579, 70.32316305],
     bgr_to_rgb=True,

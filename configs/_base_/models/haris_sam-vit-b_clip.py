@@ -19,7 +19,7 @@
 norm_cfg = dict(type='BN', requires_grad=True)
 # SAM's pixel mean / std (segment_anything/modeling/sam.py), RGB, 0-255.
 data_preprocessor = dict(
-    type='SegDataPreProcessor',
+    type='RefDataPreProcessor',
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
     bgr_to_rgb=True,

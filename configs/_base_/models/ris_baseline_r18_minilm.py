@@ -5,7 +5,7 @@
 # (argmax prediction, the LAVT convention).
 norm_cfg = dict(type='BN', requires_grad=True)
 data_preprocessor = dict(
-    type='SegDataPreProcessor',
+    type='RefDataPreProcessor',
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
     bgr_to_rgb=True,

@@ -11,7 +11,7 @@ Two tokenizers cover the RIS literature:
 """
 import os.path as osp
 from functools import lru_cache
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 from mmcv.transforms import BaseTransform
@@ -93,30 +93,35 @@ class TokenizeText(BaseTransform):
         self.truncation = truncation
         self._warned = False
 
-    def _clip(self, text: str) -> Tuple[np.ndarray, np.ndarray, int]:
-        from mmseg.utils import tokenize
-        untruncated = tokenize(text, max(77, self.context_length))[0]
-        full = int((untruncated != 0).sum())
-        if self.truncation == 'cut':
-            tokens = untruncated[:self.context_length].numpy()
-        else:
-            tokens = tokenize(text, self.context_length)[0].numpy()
-        return tokens, (tokens != 0).astype(np.int64), full
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids this tokenizer can emit (CLIP BPE: 49,408;
+        WordPiece: its vocabulary with added tokens)."""
+        if self.tokenizer == 'clip':
+            from mmseg.utils.tokenizer import _tokenizer
+            return len(_tokenizer.encoder)
+        return len(_bert_tokenizer(self.vocab))
 
-    def _bert(self, text: str) -> Tuple[np.ndarray, np.ndarray, int]:
+    def _ids(self, text: str) -> Tuple[List[int], int]:
+        """All ids of ``text`` with its start / end tokens, untruncated
+        (CLIP: at most 77, as mmseg's ``tokenize``), and the end token."""
+        if self.tokenizer == 'clip':
+            from mmseg.utils import tokenize
+            row = tokenize(text, max(77, self.context_length))[0]
+            end = int(row.max())  # EOT = 49407, the largest id
+            return row[:int((row == end).nonzero()[0]) + 1].tolist(), end
         tok = _bert_tokenizer(self.vocab)
-        ids = tok(text)['input_ids']
-        length = self.context_length
-        if self.truncation == 'cut':
-            kept = ids[:length]
-            tokens = np.full(length, tok.pad_token_id, np.int64)
-            tokens[:len(kept)] = kept
-            mask = (np.arange(length) < len(kept)).astype(np.int64)
-            return tokens, mask, len(ids)
-        enc = tok(
-            text, max_length=length, padding='max_length', truncation=True)
-        return (np.asarray(enc['input_ids'], np.int64),
-                np.asarray(enc['attention_mask'], np.int64), len(ids))
+        return tok(text)['input_ids'], tok.sep_token_id
+
+    def _truncate(self, ids: List[int], end: int) -> List[int]:
+        """At most ``context_length`` ids by ``truncation`` (see class
+        doc)."""
+        if len(ids) <= self.context_length:
+            return ids
+        kept = ids[:self.context_length]
+        if self.truncation == 'keep_sep':
+            kept[-1] = end
+        return kept
 
     def _warn_truncation(self, text: str, length: int) -> None:
         if not self._warned and length > self.context_length:
@@ -137,11 +142,16 @@ class TokenizeText(BaseTransform):
                 f'string, got {text!r:.40}')
         if self.lower_case:
             text = text.lower()
-        tokens, mask, length = (self._clip if self.tokenizer == 'clip'
-                                else self._bert)(text)
-        self._warn_truncation(text, length)
+        ids, end = self._ids(text)
+        self._warn_truncation(text, len(ids))
+        kept = self._truncate(ids, end)
+        tokens = np.zeros(self.context_length, np.int64)  # pad id 0
+        tokens[:len(kept)] = kept
+        # CLIP marks every id 0 as padding, as CRIS does (text == 0).
+        mask = ((tokens != 0) if self.tokenizer == 'clip' else
+                (np.arange(self.context_length) < len(kept)))
         results['text_tokens'] = tokens.astype(np.int64)
-        results['text_mask'] = mask
+        results['text_mask'] = mask.astype(np.int64)
         return results
 
     def __repr__(self) -> str:

@@ -1,5 +1,9 @@
 from .ptq_hook import PTQHook, calibrate_on_dataset
 from .rng_state_hook import RNGStateHook
 from .strict_load_hook import StrictLoadHook
+from .text_check_hook import TextInputCheckHook
 
-__all__ = ['PTQHook', 'calibrate_on_dataset', 'RNGStateHook', 'StrictLoadHook']
+__all__ = [
+    'PTQHook', 'RNGStateHook', 'StrictLoadHook', 'TextInputCheckHook',
+    'calibrate_on_dataset'
+]

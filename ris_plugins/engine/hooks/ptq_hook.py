@@ -318,7 +318,7 @@ def calibrate_on_dataset(state, model, dataset, steps: int = 32,
     def run_sample(pos: int) -> None:
         data = model.data_preprocessor(
             pseudo_collate([dataset[indices[pos]]]), False)
-        model(data['inputs'], data['data_samples'], mode='tensor')
+        model(**data, mode='tensor')
 
     start = time.perf_counter()
     times = calibrate(state, run_sample, range(rank, len(indices), world),

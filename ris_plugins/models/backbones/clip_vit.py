@@ -8,6 +8,7 @@ from mmpretrain.models.backbones import VisionTransformer
 from torch import Tensor
 
 from mmseg.registry import MODELS
+from ..utils import FrozenEvalMixin
 
 # OpenAI CLIP ViT (``clip/model.py`` ``VisionTransformer``) expressed in
 # mmpretrain's arguments, as in mmpretrain ``configs/clip/*.py`` and
@@ -27,7 +28,7 @@ CLIP_VIT_SETTINGS = dict(
 
 
 @MODELS.register_module()
-class CLIPViT(VisionTransformer):
+class CLIPViT(FrozenEvalMixin, VisionTransformer):
     """mmpretrain ``VisionTransformer`` with OpenAI CLIP settings
     (:data:`CLIP_VIT_SETTINGS`) that returns patch-token feature maps and
     CLIP's projected final map, as ETRIS's ``Bridger_ViT`` taps the visual
@@ -117,12 +118,6 @@ class CLIPViT(VisionTransformer):
                       and self.init_cfg.get('type') == 'Pretrained')
         if self.output_dim is not None and not pretrained:
             nn.init.normal_(self.proj, std=self.embed_dims**-0.5)
-
-    def train(self, mode: bool = True) -> 'CLIPViT':
-        """``nn.Module.train``; returns ``self`` (mmpretrain's
-        ``BaseBackbone.train`` returns None, breaking ``model.eval()``)."""
-        super().train(mode)
-        return self
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, 3, H, W) -> one map per ``out_indices`` entry: (B, C, h, w),

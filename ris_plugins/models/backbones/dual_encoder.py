@@ -9,6 +9,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from mmseg.registry import MODELS
+from ..utils import FrozenEvalMixin
 from ._dual_encoder.resnet_tower import ResNetTower
 from ._dual_encoder.state import DualEncoderOutput, DualEncoderState
 from ._dual_encoder.text_tower import (check_text_tower, embed_text,
@@ -32,7 +33,7 @@ def _pairs(after) -> List[Tuple[int, int]]:
 
 
 @MODELS.register_module()
-class DualEncoderBackbone(BaseModule):
+class DualEncoderBackbone(FrozenEvalMixin, BaseModule):
     """Frozen CLIP visual and text towers run block by block, together,
     with adapters at named hook points: one mechanism for ETRIS's Bridgers
     (``kkakkkka/ETRIS: model/bridger.py`` ``Bridger_ViT``, ``Bridger_RN``)
@@ -101,7 +102,7 @@ class DualEncoderBackbone(BaseModule):
     still flow *through* the towers to adapters inside them. Adapters,
     shortcuts and the side network train normally.
 
-    ``RefSegmentor`` sees ``encodes_text = True`` and calls
+    ``RefSegmentor`` sees ``text_input = 'tokens'`` and calls
     ``backbone(img, tokens, mask)`` instead of running a text encoder.
 
     Args:
@@ -135,7 +136,7 @@ class DualEncoderBackbone(BaseModule):
             ``forward_state`` module with a ResNet tower.
     """
 
-    encodes_text = True
+    text_input = 'tokens'  # RefSegmentor calls backbone(img, tokens, mask)
 
     def __init__(self,
                  visual: dict,
@@ -300,12 +301,9 @@ class DualEncoderBackbone(BaseModule):
             for p in hits:
                 p.requires_grad_(True)
 
-    def train(self, mode: bool = True) -> 'DualEncoderBackbone':
-        """Set train mode; the frozen towers stay in eval mode."""
-        super().train(mode)
-        self.visual.eval()
-        self.text.eval()
-        return self
+    def frozen_modules(self):
+        """Both towers stay in eval mode."""
+        return self.visual, self.text
 
     @property
     def vocab_size(self) -> int:

@@ -8,11 +8,11 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from ..fusion.pwam import PWAM
-from ..text_encoders import TextFeatures
+from ..utils import FrozenEvalMixin, TextFeatures
 
 
 @MODELS.register_module()
-class MultiModalSwin(SwinTransformer):
+class MultiModalSwin(FrozenEvalMixin, SwinTransformer):
     """mmpretrain ``SwinTransformer`` with LAVT's PWAM + language gate
     after each stage's blocks and before its patch merging.
 
@@ -34,7 +34,7 @@ class MultiModalSwin(SwinTransformer):
         ValueError: ``pwam_heads`` does not have one entry per stage.
     """
 
-    takes_text = True
+    text_input = 'features'  # RefSegmentor calls backbone(img, text)
 
     def __init__(self,
                  text_channels: int = 768,
@@ -49,12 +49,6 @@ class MultiModalSwin(SwinTransformer):
         self.pwams = nn.ModuleList(
             PWAM(c, text_channels, h, pwam_dropout)
             for c, h in zip(self.num_features, pwam_heads))
-
-    def train(self, mode: bool = True) -> 'MultiModalSwin':
-        """mmpretrain's ``SwinTransformer.train`` returns None; return
-        ``self`` as ``nn.Module.train`` does, so ``.eval()`` chains."""
-        super().train(mode)
-        return self
 
     def forward(self, x: Tensor, text: TextFeatures) -> Tuple[Tensor, ...]:
         """Images (B, 3, H, W) and text -> ``norm{i}(F_i)`` (B, C_i, H/2^(i+2),

@@ -8,10 +8,11 @@ from mmpretrain.models.utils import resize_pos_embed
 from torch import Tensor
 
 from mmseg.registry import MODELS
+from ..utils import FrozenEvalMixin
 
 
 @MODELS.register_module()
-class SAMViT(ViTSAM):
+class SAMViT(FrozenEvalMixin, ViTSAM):
     """mmpretrain ``ViTSAM`` (SAM's image encoder) that returns the token
     maps after chosen blocks, optionally with SAM's 256-d neck as the
     deepest level, frozen by default.
@@ -134,11 +135,10 @@ class SAMViT(ViTSAM):
                              f'got {list(out_indices)}')
         return indices
 
-    def train(self, mode: bool = True) -> 'SAMViT':
-        """Set train mode (a frozen encoder stays in eval mode); returns
-        ``self`` (mmpretrain's ``BaseBackbone.train`` returns None)."""
-        super().train(mode and not self.frozen)
-        return self
+    def frozen_modules(self):
+        """The whole encoder when ``frozen`` (it then stays in eval
+        mode)."""
+        return (self, ) if self.frozen else ()
 
     def init_weights(self) -> None:
         """mmpretrain's init (or the ``Pretrained`` checkpoint); the frozen

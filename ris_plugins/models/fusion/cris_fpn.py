@@ -9,8 +9,8 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from mmseg.registry import MODELS
-from ..text_encoders import TextFeatures
-from .language_gated_fusion import coord_features
+from ..utils import TextFeatures
+from ..utils import coord_features
 
 
 def norm_1d_cfg(norm_cfg: dict) -> dict:
@@ -120,8 +120,8 @@ class CRISFPN(BaseModule):
                 f'{self.text_channels}, got {text.sent_feat.shape[-1]} '
                 f'(set text_channels to the text encoder projection width)')
 
-    def forward(self, visual: Sequence[Tensor],
-                text: TextFeatures) -> Tuple[Tensor, TextFeatures]:
+    def forward(self, visual: Sequence[Tensor], text: TextFeatures
+                ) -> Tuple[Tuple[Tensor], TextFeatures]:
         """Fuse.
 
         Args:
@@ -130,8 +130,8 @@ class CRISFPN(BaseModule):
             text (TextFeatures): sent_feat (B, C') is used.
 
         Returns:
-            tuple: ``(fused (B, O4, H/16, W/16), text)``, the text passed on
-            for :class:`CRISHead`.
+            tuple: ``((fused (B, O4, H/16, W/16), ), text)``, the text
+            unchanged.
         """
         self._check(visual, text)
         v3, v4, v5 = visual
@@ -149,4 +149,4 @@ class CRISFPN(BaseModule):
         ], dim=1)  # (B, 3*O4, H/16, W/16)
         q = self.aggregate(q)  # (B, O4, H/16, W/16)
         q = self.coord_conv(torch.cat([q, coord_features(q)], dim=1))
-        return self.out_conv(q), text  # (B, O4, H/16, W/16)
+        return (self.out_conv(q), ), text  # (B, O4, H/16, W/16)

@@ -4,26 +4,15 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 from torch import Tensor
 
 from mmseg.registry import MODELS
-from ..text_encoders import TextFeatures
+from ..utils import TextFeatures, resize_to
 from .hla import HLABlock
 
 WORD_FLOWS = ('mean', 'chain')
-
-
-def match_size(x: Tensor, size: Tuple[int, int]) -> Tensor:
-    """Resize (B, C, h, w) to ``size``: adaptive average pooling when
-    shrinking both sides, bilinear (``align_corners=False``) otherwise."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
-        return F.adaptive_avg_pool2d(x, size)
-    return F.interpolate(x, size=size, mode='bilinear', align_corners=False)
 
 
 @MODELS.register_module()
@@ -39,7 +28,7 @@ class HierarchicalHLA(BaseModule):
     D -> C_i) + norm + activation. Kernel and stride are not given by the
     paper: defaults k = 3, s = 1 (all SAM taps share one grid). With
     s = 2 the levels form a pyramid (64 -> 32 -> 16 at 1024): ``F_i`` is
-    resized to the conv output (:func:`match_size`).
+    resized to the conv output (:func:`~ris_plugins.models.utils.resize_to`).
 
     Vision-aware words (not stated by the paper [R]), ``word_flow``:
 
@@ -131,8 +120,8 @@ class HierarchicalHLA(BaseModule):
         """D, width of the fused map and of the words handed on."""
         return self.embed_dims
 
-    def forward(self, visual: Sequence[Tensor],
-                text: TextFeatures) -> Tuple[Tensor, TextFeatures]:
+    def forward(self, visual: Sequence[Tensor], text: TextFeatures
+                ) -> Tuple[Tuple[Tensor], TextFeatures]:
         """Fuse.
 
         Args:
@@ -142,7 +131,7 @@ class HierarchicalHLA(BaseModule):
                 pad_mask (B, T).
 
         Returns:
-            tuple: ``(M_n (B, D, h, w), TextFeatures(words (B, T, D),
+            tuple: ``((M_n (B, D, h, w), ), TextFeatures(words (B, T, D),
             sent_feat, pad_mask))``.
         """
         if len(visual) != len(self.in_channels):
@@ -155,7 +144,7 @@ class HierarchicalHLA(BaseModule):
         for i, (feat, block) in enumerate(zip(levels, self.blocks)):
             if i > 0:
                 inj = self.inject[i - 1](fused)  # (B, C_i, h', w')
-                feat = match_size(feat, inj.shape[-2:]) + inj
+                feat = resize_to(feat, inj.shape[-2:]) + inj
             if self.word_flow == 'mean':
                 words = text.word_feats  # (B, T, C_w)
             fused, words = block(feat, words, text.pad_mask,
@@ -163,4 +152,4 @@ class HierarchicalHLA(BaseModule):
             all_words.append(words)
         if self.word_flow == 'mean':
             words = torch.stack(all_words).mean(0)  # (B, T, D)
-        return fused, TextFeatures(words, text.sent_feat, text.pad_mask)
+        return (fused, ), TextFeatures(words, text.sent_feat, text.pad_mask)

@@ -8,23 +8,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from mmseg.registry import MODELS
-from ..text_encoders import TextFeatures
-
-
-def coord_features(x: Tensor) -> Tensor:
-    """Normalised (x, y) coordinates in [-1, 1] shaped like ``x``.
-
-    Args:
-        x (Tensor): (B, C, H, W).
-
-    Returns:
-        Tensor: (B, 2, H, W).
-    """
-    b, _, h, w = x.shape
-    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
-    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing='ij')  # (H, W) each
-    return torch.stack([grid_x, grid_y]).expand(b, 2, h, w)
+from ..utils import TextFeatures, coord_features
 
 
 class WordAttentionPool(nn.Module):
@@ -101,8 +85,8 @@ class LanguageGatedFusion(BaseModule):
             ConvModule(channels, channels, 3, padding=1, norm_cfg=norm_cfg)
             for _ in in_channels)
 
-    def forward(self, visual: Sequence[Tensor],
-                text: TextFeatures) -> Tuple[Tensor, ...]:
+    def forward(self, visual: Sequence[Tensor], text: TextFeatures
+                ) -> Tuple[Tuple[Tensor, ...], TextFeatures]:
         """Fuse.
 
         Args:
@@ -111,7 +95,8 @@ class LanguageGatedFusion(BaseModule):
                 are used.
 
         Returns:
-            tuple[Tensor]: Levels (B, channels, H_i, W_i).
+            tuple: ``(levels (B, channels, H_i, W_i), text)``, the text
+            unchanged.
         """
         if len(visual) != len(self.in_channels):
             raise ValueError(f'LanguageGatedFusion got {len(visual)} visual '
@@ -124,4 +109,4 @@ class LanguageGatedFusion(BaseModule):
             v = proj(x)  # (B, C, H, W)
             g = torch.tanh(gate(text))  # (B, C)
             outs.append(out(v * g[:, :, None, None]))  # (B, C, H, W)
-        return tuple(outs)
+        return tuple(outs), text

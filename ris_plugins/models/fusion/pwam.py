@@ -14,7 +14,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from mmseg.registry import MODELS
-from ..text_encoders import TextFeatures
+from ..utils import TextFeatures
 
 
 class PixelWordAttention(nn.Module):

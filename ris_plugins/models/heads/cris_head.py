@@ -1,20 +1,15 @@
 """CRIS's decoder + text-conditioned projector as an mmseg decode head."""
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from torch import Tensor
 
-from mmseg.models.decode_heads.decode_head import BaseDecodeHead
-from mmseg.models.losses import DiceLoss
-from mmseg.models.utils import resize
 from mmseg.registry import MODELS
-from mmseg.utils import SampleList
-from ..text_encoders import TextFeatures
+from ..utils import TextFeatures
+from .base_ref_decode_head import BaseRefDecodeHead
 from .vl_transformer_decoder import VLTransformerDecoder
-
-LOSS_AT = ('logits', 'label')
 
 
 class TextConditionedProjector(nn.Module):
@@ -76,25 +71,23 @@ class TextConditionedProjector(nn.Module):
 
 
 @MODELS.register_module()
-class CRISHead(BaseDecodeHead):
+class CRISHead(BaseRefDecodeHead):
     """CRIS head: vision-language transformer decoder + text-conditioned
     projector, 1-channel logits at stride 4 (104 x 104 at 416).
 
-    Input: ``(fused, text)`` from :class:`CRISFPN` with fused (B, C_in,
-    H/16, W/16) and :class:`TextFeatures` (word_feats (B, L, D_t),
-    sent_feat (B, C'), pad_mask (B, L)). The decoder attends from pixels to
-    words (padding masked), the projector segments with a kernel predicted
-    from ``sent_feat``. Source: CRIS ``model/segmenter.py`` +
-    ``model/layers.py`` (``TransformerDecoder``, ``Projector``);
+    Inputs: the fused map (B, C_in, H/16, W/16) (level ``in_index`` of what
+    :class:`CRISFPN` hands on) and the :class:`TextFeatures` (word_feats
+    (B, L, D_t), sent_feat (B, C'), pad_mask (B, L)). The decoder attends
+    from pixels to words (padding masked), the projector segments with a
+    kernel predicted from ``sent_feat``. Source: CRIS
+    ``model/segmenter.py`` + ``model/layers.py`` (``TransformerDecoder``,
+    ``Projector``);
     ``shared/docs/ris_methods.md`` 2.4. RN50 sizes: decoder 12.63M,
     projector 5.97M parameters.
 
-    The loss is mmseg's ``loss_decode`` (CRIS: ``CrossEntropyLoss(
-    use_sigmoid=True)`` = BCE with logits, mean over pixels). With
-    ``loss_at='logits'`` (CRIS) the label is nearest-resized to the logits
-    (104 x 104); ``'label'`` is mmseg's default (logits bilinearly
-    upsampled to the label size). ``acc_seg`` is the pixel accuracy of
-    ``sigmoid > threshold``.
+    The loss is :class:`BaseRefDecodeHead`'s over ``loss_decode`` (CRIS:
+    ``CrossEntropyLoss(use_sigmoid=True)`` = BCE with logits, mean over
+    pixels, at the logits' 104 x 104: ``loss_at='logits'``).
 
     Args:
         in_channels (int): C_in = decoder width D (CRIS: 512).
@@ -107,14 +100,11 @@ class CRISHead(BaseDecodeHead):
         decoder_dropout (float): Decoder dropout (CRIS: 0.1).
         kernel_size (int): Dynamic kernel size (CRIS: 3).
         loss_at (str): ``'logits'`` or ``'label'`` resolution (above).
-        **kwargs: :class:`BaseDecodeHead` arguments; CRIS uses
-            ``num_classes=2, out_channels=1, threshold=0.35``. Defaults:
-            ``dropout_ratio=0``, BN, ``init_cfg=None`` (mmseg's unused
-            ``conv_seg`` is removed).
+        **kwargs: :class:`BaseRefDecodeHead` arguments; default
+            ``threshold=0.35`` (CRIS).
 
     Raises:
-        ValueError: Unknown ``loss_at`` or ``out_channels != 1``; at
-            forward, inputs that are not ``(map, TextFeatures)``.
+        ValueError: Unknown ``loss_at`` or ``out_channels != 1``.
     """
 
     def __init__(self,
@@ -129,76 +119,17 @@ class CRISHead(BaseDecodeHead):
                  kernel_size: int = 3,
                  loss_at: str = 'logits',
                  **kwargs) -> None:
-        if loss_at not in LOSS_AT:
-            raise ValueError(f'unknown loss_at {loss_at!r}; valid: '
-                             f'{LOSS_AT}')
-        kwargs.setdefault('num_classes', 2)
-        kwargs.setdefault('out_channels', 1)
         kwargs.setdefault('threshold', 0.35)
-        kwargs.setdefault('dropout_ratio', 0.0)
-        kwargs.setdefault('norm_cfg', dict(type='BN'))
-        kwargs.setdefault('init_cfg', None)
-        if kwargs['out_channels'] != 1:
-            raise ValueError(f'CRISHead predicts 1 channel (sigmoid); got '
-                             f"out_channels={kwargs['out_channels']}")
-        super().__init__(in_channels, channels, **kwargs)
-        self.conv_seg = None  # the projector predicts the logits
-        self.loss_at = loss_at
+        super().__init__(in_channels, channels, loss_at=loss_at, **kwargs)
         self.decoder = VLTransformerDecoder(num_layers, in_channels,
                                             num_heads, ffn_channels,
                                             decoder_dropout, text_channels)
         self.projector = TextConditionedProjector(
             in_channels, channels, sent_channels, kernel_size, self.norm_cfg)
 
-    @staticmethod
-    def _split(inputs: Sequence) -> Tuple[Tensor, TextFeatures]:
-        if (len(inputs) != 2 or not isinstance(inputs[1], TextFeatures)):
-            raise ValueError(
-                'CRISHead expects (feature map, TextFeatures) as returned by '
-                f'CRISFPN, got {type(inputs).__name__} of '
-                f'{[type(x).__name__ for x in inputs]}')
-        return inputs[0], inputs[1]
-
-    def forward(self, inputs: Tuple[Tensor, TextFeatures]) -> Tensor:
-        """``(fused (B, C_in, h, w), text)`` -> logits (B, 1, 4h, 4w)."""
-        x, text = self._split(inputs)
+    def forward(self, inputs: Sequence[Tensor], text: TextFeatures) -> Tensor:
+        """Fused map (B, C_in, h, w) (``inputs[in_index]``) and text ->
+        logits (B, 1, 4h, 4w)."""
+        x = self._transform_inputs(inputs)  # (B, C_in, h, w)
         x = self.decoder(x, text.word_feats, text.pad_mask)  # (B, C_in,h,w)
         return self.projector(x, text.sent_feat)  # (B, 1, 4h, 4w)
-
-    def _pixel_accuracy(self, logits: Tensor, label: Tensor) -> Tensor:
-        """Percent of non-ignored pixels where ``sigmoid(logits) >
-        threshold`` equals the label; logits (B, 1, H, W), label (B, H, W)."""
-        pred = (logits.sigmoid() > self.threshold).squeeze(1).long()
-        valid = label != self.ignore_index  # (B, H, W)
-        correct = (pred == label) & valid
-        return 100.0 * correct.sum() / valid.sum().clamp(min=1)
-
-    def loss_by_feat(self, seg_logits: Tensor,
-                     batch_data_samples: SampleList) -> dict:
-        """Losses of logits (B, 1, h, w) against the samples' gt_sem_seg
-        (B, 1, H, W), at the resolution chosen by ``loss_at``."""
-        label = self._stack_batch_gt(batch_data_samples)  # (B, 1, H, W)
-        if self.loss_at == 'logits':
-            label = F.interpolate(
-                label.float(), size=seg_logits.shape[2:],
-                mode='nearest').long()  # (B, 1, h, w)
-        else:
-            seg_logits = resize(
-                seg_logits, size=label.shape[2:], mode='bilinear',
-                align_corners=self.align_corners)  # (B, 1, H, W)
-        label = label.squeeze(1)  # (B, h, w)
-        losses_decode = (self.loss_decode if isinstance(
-            self.loss_decode, nn.ModuleList) else [self.loss_decode])
-        loss = dict()
-        for loss_decode in losses_decode:
-            # mmseg's DiceLoss one-hot encodes a (B, h, w) label into C = 1
-            # channel, i.e. the background; give it (B, 1, h, w) instead so
-            # it scores the object channel.
-            target = (label[:, None]
-                      if isinstance(loss_decode, DiceLoss) else label)
-            value = loss_decode(seg_logits, target,
-                                ignore_index=self.ignore_index)
-            loss[loss_decode.loss_name] = loss.get(loss_decode.loss_name,
-                                                   0) + value
-        loss['acc_seg'] = self._pixel_accuracy(seg_logits.detach(), label)
-        return loss

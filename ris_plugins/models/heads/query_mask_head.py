@@ -1,22 +1,15 @@
 """HARIS's query-token mask decoder as an mmseg decode head."""
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmcv.cnn.bricks.transformer import BaseTransformerLayer
 from torch import Tensor
 
-from mmseg.models.decode_heads.decode_head import BaseDecodeHead
-from mmseg.models.losses import DiceLoss
-from mmseg.models.utils import resize
 from mmseg.registry import MODELS
-from mmseg.utils import SampleList
-from ..text_encoders import TextFeatures
-from .vl_transformer_decoder import sine_pos_1d, sine_pos_2d
-
-LOSS_AT = ('logits', 'label')
+from ..utils import TextFeatures, sine_pos_1d, sine_pos_2d
+from .base_ref_decode_head import BaseRefDecodeHead
 # DETR-style post-norm layer: self-attention among the queries, then
 # cross-attention to the visual tokens, then the FFN.
 OPERATION_ORDER = ('self_attn', 'norm', 'cross_attn', 'norm', 'ffn', 'norm')
@@ -33,15 +26,16 @@ def _mlp(dims: Sequence[int]) -> nn.Sequential:
 
 
 @MODELS.register_module()
-class QueryMaskHead(BaseDecodeHead):
+class QueryMaskHead(BaseRefDecodeHead):
     """HARIS mask decoder (arXiv 2405.10707; ``shared/docs/ris_methods.md``
     5.3 eq. 5 [R]): a Transformer decoder whose queries are a learnable
     query token followed by the vision-aware word tokens, with the
     language-aware visual tokens as keys / values; the mask is the product
     of the upsampled visual map with the query token's output.
 
-    Input: ``(x, text)`` from :class:`HierarchicalHLA` with x (B, D, h, w)
-    and :class:`TextFeatures` (word_feats (B, T, D), pad_mask (B, T)).
+    Inputs: x (B, D, h, w) (level ``in_index`` of what
+    :class:`HierarchicalHLA` hands on) and the :class:`TextFeatures` it
+    hands on (word_feats (B, T, D), pad_mask (B, T)).
 
     * queries Q = [q; words] (B, 1 + T, D), positions ``sine_pos_1d(1 + T)``
       (q at 0); K = V = x tokens (B, h*w, D) with ``sine_pos_2d``;
@@ -55,9 +49,7 @@ class QueryMaskHead(BaseDecodeHead):
     head, the same two upsampling blocks then a 1x1 conv to one logit; the
     words are not used.
 
-    Loss: every ``loss_decode`` entry is summed; mmseg's ``DiceLoss``
-    receives the label as (B, 1, H, W) (with (B, H, W) it one-hot encodes
-    into one channel, i.e. the background), others (B, H, W). Default:
+    Loss: :class:`BaseRefDecodeHead`'s sum over ``loss_decode``; default
     ``BinaryFocalLoss`` (alpha 0.25, gamma 2) x 20 + ``DiceLoss`` x 1,
     SAM's focal:dice ratio [R]; HARIS gives no weights.
 
@@ -72,16 +64,15 @@ class QueryMaskHead(BaseDecodeHead):
         decoder_replaced (bool): Plain conv head instead (see above).
         loss_at (str): ``'label'`` (logits bilinearly upsampled to the
             label, mmseg's default) or ``'logits'`` (label nearest-resized).
-        **kwargs: :class:`BaseDecodeHead` arguments. Defaults:
-            ``num_classes=2, out_channels=1, threshold=0.5``,
-            ``dropout_ratio=0``, BN, ``init_cfg=None``.
+        **kwargs: :class:`BaseRefDecodeHead` arguments; default
+            ``threshold=0.5``.
 
     Raises:
         ValueError: ``num_layers < 1``, ``num_mlp_layers < 1``,
             ``in_channels`` not a multiple of 4 (2-D sine positions) or of
             ``num_heads``, unknown ``loss_at``, ``out_channels != 1``; at
-            forward, inputs that are not ``(map, TextFeatures)`` or whose
-            widths are not D (the fusion width must equal the query width).
+            forward, a map or words whose widths are not D (the fusion
+            width must equal the query width).
     """
 
     def __init__(self,
@@ -95,9 +86,6 @@ class QueryMaskHead(BaseDecodeHead):
                  decoder_replaced: bool = False,
                  loss_at: str = 'label',
                  **kwargs) -> None:
-        if loss_at not in LOSS_AT:
-            raise ValueError(f'unknown loss_at {loss_at!r}; valid: '
-                             f'{LOSS_AT}')
         if num_layers < 1 or num_mlp_layers < 1:
             raise ValueError(f'num_layers and num_mlp_layers must be >= 1, '
                              f'got {num_layers} and {num_mlp_layers}')
@@ -105,22 +93,12 @@ class QueryMaskHead(BaseDecodeHead):
             raise ValueError(
                 f'in_channels={in_channels} must be a multiple of 4 (2-D '
                 f'sine positions) and of num_heads={num_heads}')
-        kwargs.setdefault('num_classes', 2)
-        kwargs.setdefault('out_channels', 1)
         kwargs.setdefault('threshold', 0.5)
-        kwargs.setdefault('dropout_ratio', 0.0)
-        kwargs.setdefault('norm_cfg', dict(type='BN'))
-        kwargs.setdefault('init_cfg', None)
         kwargs.setdefault('loss_decode', [
             dict(type='BinaryFocalLoss', loss_weight=20.0),
             dict(type='DiceLoss', use_sigmoid=True, loss_weight=1.0)
         ])
-        if kwargs['out_channels'] != 1:
-            raise ValueError(f'QueryMaskHead predicts 1 channel (sigmoid); '
-                             f"got out_channels={kwargs['out_channels']}")
-        super().__init__(in_channels, channels, **kwargs)
-        self.conv_seg = None
-        self.loss_at = loss_at
+        super().__init__(in_channels, channels, loss_at=loss_at, **kwargs)
         self.decoder_replaced = decoder_replaced
         self.upsample = nn.Sequential(
             ConvModule(in_channels, channels, 3, padding=1,
@@ -147,13 +125,7 @@ class QueryMaskHead(BaseDecodeHead):
                 batch_first=True) for _ in range(num_layers))
         self.mask_mlp = _mlp([in_channels] * num_mlp_layers + [channels])
 
-    def _split(self, inputs: Sequence) -> Tuple[Tensor, TextFeatures]:
-        if len(inputs) != 2 or not isinstance(inputs[1], TextFeatures):
-            raise ValueError(
-                'QueryMaskHead expects (feature map, TextFeatures) as '
-                'returned by HierarchicalHLA, got '
-                f'{[type(x).__name__ for x in inputs]}')
-        x, text = inputs
+    def _check(self, x: Tensor, text: TextFeatures) -> None:
         widths = (x.shape[1], text.word_feats.shape[-1])
         if widths != (self.in_channels, ) * 2:
             raise ValueError(
@@ -161,7 +133,6 @@ class QueryMaskHead(BaseDecodeHead):
                 f'{self.in_channels}; got visual width {widths[0]} and word '
                 f'width {widths[1]} (set the fusion embed_dims to the head '
                 f'in_channels)')
-        return x, text
 
     def decode_query(self, x: Tensor, text: TextFeatures) -> Tensor:
         """Run the decoder: x (B, D, h, w) -> query token output (B, D)."""
@@ -178,41 +149,13 @@ class QueryMaskHead(BaseDecodeHead):
                       query_key_padding_mask=q_mask)  # (B, 1 + T, D)
         return q[:, 0]  # (B, D)
 
-    def forward(self, inputs: Tuple[Tensor, TextFeatures]) -> Tensor:
-        """``(x (B, D, h, w), text)`` -> logits (B, 1, 4h, 4w)."""
-        x, text = self._split(inputs)
+    def forward(self, inputs: Sequence[Tensor], text: TextFeatures) -> Tensor:
+        """x (B, D, h, w) (``inputs[in_index]``) and text (words (B, T, D))
+        -> logits (B, 1, 4h, 4w)."""
+        x = self._transform_inputs(inputs)  # (B, D, h, w)
+        self._check(x, text)
         up = self.upsample(x)  # (B, C, 4h, 4w)
         if self.decoder_replaced:
             return self.mask_conv(up)  # (B, 1, 4h, 4w)
         emb = self.mask_mlp(self.decode_query(x, text))  # (B, C)
         return torch.einsum('bc,bchw->bhw', emb, up)[:, None]  # (B,1,4h,4w)
-
-    def loss_by_feat(self, seg_logits: Tensor,
-                     batch_data_samples: SampleList) -> dict:
-        """Summed ``loss_decode`` terms of logits (B, 1, h, w) against the
-        samples' gt_sem_seg, at the resolution chosen by ``loss_at``, plus
-        ``acc_seg`` (pixel accuracy of sigmoid > threshold, percent)."""
-        label = self._stack_batch_gt(batch_data_samples)  # (B, 1, H, W)
-        if self.loss_at == 'logits':
-            label = F.interpolate(label.float(), size=seg_logits.shape[2:],
-                                  mode='nearest').long()  # (B, 1, h, w)
-        else:
-            seg_logits = resize(seg_logits, size=label.shape[2:],
-                                mode='bilinear',
-                                align_corners=self.align_corners)
-        label = label.squeeze(1)  # (B, H, W)
-        losses = (self.loss_decode if isinstance(
-            self.loss_decode, nn.ModuleList) else [self.loss_decode])
-        loss = dict()
-        for loss_fn in losses:
-            target = label[:, None] if isinstance(loss_fn, DiceLoss) \
-                else label
-            value = loss_fn(seg_logits, target,
-                            ignore_index=self.ignore_index)
-            loss[loss_fn.loss_name] = loss.get(loss_fn.loss_name, 0) + value
-        with torch.no_grad():
-            pred = (seg_logits.sigmoid() > self.threshold).squeeze(1).long()
-            valid = label != self.ignore_index  # (B, H, W)
-            loss['acc_seg'] = 100.0 * ((pred == label) & valid).sum() / \
-                valid.sum().clamp(min=1)
-        return loss

@@ -1,4 +1,3 @@
 from .feature_adapter import FeatureAdapter
-from .ha_neck import HANeck
 
-__all__ = ['FeatureAdapter', 'HANeck']
+__all__ = ['FeatureAdapter']

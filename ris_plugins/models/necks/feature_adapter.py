@@ -10,22 +10,10 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from mmseg.registry import MODELS
-from ..text_encoders import TextFeatures
+from ..utils import TextFeatures, resize_to
 
 MERGES = ('none', 'sum', 'cat')
 Widths = Union[int, Sequence[int]]
-
-
-def resize_to(x: Tensor, size: Tuple[int, int],
-              align_corners: bool = False) -> Tensor:
-    """Resize (B, C, h, w) to ``size`` (H, W): unchanged when equal,
-    adaptive average pooling when both sides shrink, bilinear otherwise."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
-        return F.adaptive_avg_pool2d(x, size)  # (B, C, H, W)
-    return F.interpolate(x, size=size, mode='bilinear',
-                         align_corners=align_corners)  # (B, C, H, W)
 
 
 def _as_list(x: Widths, name: str) -> List[int]:
@@ -42,9 +30,9 @@ class FeatureAdapter(BaseModule):
     """Glue between feature interfaces of :class:`RefSegmentor`'s slots, so
     components of different methods can be chained from config alone.
 
-    It reads what a backbone / fusion produces -- a map (B, C, h, w), a
-    sequence of maps, or either followed by :class:`TextFeatures` -- and
-    hands on what the next module reads. Steps, in order (each optional):
+    It reads the levels a backbone / fusion produces and the
+    :class:`TextFeatures`, and hands on what the next module reads. Steps,
+    in order (each optional):
 
     1. select levels ``in_index`` of the input levels;
     2. project level i to ``out_channels[i]`` with a 1x1 ``ConvModule``
@@ -60,13 +48,10 @@ class FeatureAdapter(BaseModule):
        -> (B, ``sent_out_channels``) with ``nn.Linear``; the pad mask is
        kept.
 
-    Output: the maps as a tuple, followed by the (projected) text when a
-    text was given and ``pass_text`` (the ``(map, TextFeatures)`` interface
-    of :class:`CRISHead` / :class:`QueryMaskHead` after ``merge``).
-
-    In the ``fusion`` slot it is called ``adapter(levels, text)``; in the
-    ``neck`` slot ``adapter(inputs)`` with the text (if any) as the last
-    element of ``inputs``. ``out_channels`` (property) is the width handed
+    Output: ``(maps, text)``, the maps as a tuple and the (projected) text.
+    It fits the ``fusion`` and the ``neck`` slot alike (``text_input =
+    'features'``: :class:`RefSegmentor` passes the text explicitly).
+    ``out_channels`` (property) is the width handed
     on (int after a merge or for one level, else a list), which
     :class:`RefSegmentor` compares with the decode head's ``in_channels``
     at build.
@@ -94,7 +79,6 @@ class FeatureAdapter(BaseModule):
             ``sent_out_channels``.
         sent_out_channels (int, optional): Sentence width out; None keeps
             it.
-        pass_text (bool): Append the text to the output (when given).
         norm_cfg (dict, optional): Norm of the 1x1 projections.
         act_cfg (dict, optional): Activation of the 1x1 projections.
         align_corners (bool): Of the bilinear resizes.
@@ -113,6 +97,8 @@ class FeatureAdapter(BaseModule):
             ``resize_to``).
     """
 
+    text_input = 'features'
+
     def __init__(self,
                  in_channels: Widths,
                  out_channels: Optional[Widths] = None,
@@ -124,7 +110,6 @@ class FeatureAdapter(BaseModule):
                  text_out_channels: Optional[int] = None,
                  sent_channels: Optional[int] = None,
                  sent_out_channels: Optional[int] = None,
-                 pass_text: bool = True,
                  norm_cfg: Optional[dict] = None,
                  act_cfg: Optional[dict] = None,
                  align_corners: bool = False,
@@ -161,7 +146,6 @@ class FeatureAdapter(BaseModule):
         self.scale_factor = float(scale_factor)
         self.merge = merge
         self.align_corners = align_corners
-        self.pass_text = pass_text
         if merge == 'sum':
             self._out: Widths = widths[0]
         elif merge == 'cat':
@@ -208,22 +192,6 @@ class FeatureAdapter(BaseModule):
         """Width(s) of the maps handed on."""
         return self._out
 
-    @staticmethod
-    def _split(inputs, text: Optional[TextFeatures]
-               ) -> Tuple[List[Tensor], Optional[TextFeatures]]:
-        """(levels, text) from the fusion-slot or neck-slot call."""
-        if isinstance(inputs, Tensor):
-            return [inputs], text
-        levels = list(inputs)
-        if text is None and levels and isinstance(levels[-1], TextFeatures):
-            text = levels.pop()
-        if not levels or not all(isinstance(x, Tensor) for x in levels):
-            raise ValueError(
-                'FeatureAdapter expects a map, a sequence of maps, or either '
-                'followed by TextFeatures; got '
-                f'{[type(x).__name__ for x in inputs]}')
-        return levels, text
-
     def _check(self, levels: Sequence[Tensor]) -> None:
         got = [x.shape[1] for x in levels]
         if got != self.in_channels:
@@ -256,20 +224,19 @@ class FeatureAdapter(BaseModule):
             return [torch.stack(maps).sum(0)]  # (B, C, h, w)
         return [torch.cat(maps, dim=1)]  # (B, sum C_i, h, w)
 
-    def forward(self, inputs: Union[Tensor, Sequence],
-                text: Optional[TextFeatures] = None) -> Tuple:
+    def forward(self, inputs: Sequence[Tensor], text: Optional[TextFeatures]
+                ) -> Tuple[Tuple[Tensor, ...], Optional[TextFeatures]]:
         """Adapt.
 
         Args:
-            inputs (Tensor | Sequence): Map (B, C, h, w), levels (B, C_i,
-                h_i, w_i), or either followed by :class:`TextFeatures`.
-            text (TextFeatures, optional): The text (fusion slot).
+            inputs (Sequence[Tensor]): Levels (B, C_i, h_i, w_i).
+            text (TextFeatures, optional): The text.
 
         Returns:
-            tuple: The output maps (B, C'_i, h'_i, w'_i) (one after a
-            merge), then the text if given and ``pass_text``.
+            tuple: ``(maps, text)``: the output maps (B, C'_i, h'_i, w'_i)
+            (one after a merge) and the text with projected widths.
         """
-        levels, text = self._split(inputs, text)
+        levels = list(inputs)
         self._check(levels)
         maps = [levels[i] for i in self.in_index]
         if self.projs is not None:
@@ -285,6 +252,4 @@ class FeatureAdapter(BaseModule):
                 for x in maps
             ]
         maps = self._merge(maps)
-        if text is None or not self.pass_text:
-            return tuple(maps)
-        return (*maps, self._text(text))
+        return tuple(maps), None if text is None else self._text(text)

@@ -1,7 +1,6 @@
 """The generic referring segmentor: image + sentence -> mask."""
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Tuple
 
-import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.structures import PixelData
@@ -11,186 +10,93 @@ from mmseg.models.segmentors import BaseSegmentor
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from mmseg.utils import (ConfigType, OptConfigType, OptMultiConfig,
-                         SampleList, add_prefix)
+                         OptSampleList, SampleList, add_prefix)
 from ...utils.param_report import log_param_table
-from ..text_encoders import TextFeatures
+from ..data_preprocessors import RefDataPreProcessor
+from ..utils import TextFeatures, check_text_widths, check_widths
 
-Widths = Union[int, List[int]]
+#: How a backbone reads the sentence (its ``text_input`` attribute):
+#: ``None`` -> ``backbone(img)``; ``'features'`` -> ``backbone(img, text)``
+#: with the text encoder's :class:`TextFeatures` (LAVT's Swin with PWAM);
+#: ``'tokens'`` -> ``backbone(img, tokens, text_mask)`` returning
+#: ``(levels, TextFeatures, aux losses)`` (ETRIS / BarLeRIa run both CLIP
+#: towers together, so the backbone is also the text encoder).
+BACKBONE_TEXT_INPUTS = (None, 'features', 'tokens')
 
-
-def _widths(value) -> Optional[Widths]:
-    """An int width or a list of int widths; None for anything else."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if (isinstance(value, (list, tuple)) and value
-            and all(isinstance(v, int) for v in value)):
-        return list(value)
-    return None
-
-
-def _selected(out: Widths, index: Union[int, Sequence[int]],
-              src: str) -> Widths:
-    """The widths of the levels ``index`` picks from a producer's
-    ``out`` (an int: every level has that width)."""
-    if isinstance(out, int):
-        return out if isinstance(index, int) else [out] * len(index)
-    picks = [index] if isinstance(index, int) else list(index)
-    for i in picks:
-        if not -len(out) <= i < len(out):
-            raise ValueError(
-                f'decode_head in_index {i} is outside the {len(out)} levels '
-                f'of {src} (out_channels={out})')
-    got = [out[i] for i in picks]
-    return got[0] if isinstance(index, int) else got
+Feats = Tuple[Tensor, ...]
 
 
-def check_widths(src_name: str, src: nn.Module, dst_name: str,
-                 dst: nn.Module) -> None:
-    """Compare the ``out_channels`` a producer (fusion / neck) exposes with
-    the ``in_channels`` its consumer (neck / decode head) expects.
-
-    Nothing is checked unless both attributes are an int or a list of
-    ints. For an mmseg decode head the levels it reads (``in_index``) are
-    compared, summed under ``input_transform='resize_concat'`` (mmseg then
-    stores the sum as ``in_channels``). Otherwise an int on one side must
-    equal every entry of a list on the other, and two lists must be equal.
-
-    Args:
-        src_name (str): Slot name of the producer (for the message).
-        src (nn.Module): Producer, e.g. ``HierarchicalHLA`` (out_channels =
-            its embed_dims) or ``FeatureAdapter``.
-        dst_name (str): Slot name of the consumer.
-        dst (nn.Module): Consumer, e.g. ``QueryMaskHead`` (in_channels =
-            query width).
-
-    Raises:
-        ValueError: The widths differ (names both modules and widths), or
-            the head's ``in_index`` is outside the producer's levels.
-    """
-    out = _widths(getattr(src, 'out_channels', None))
-    want = _widths(getattr(dst, 'in_channels', None))
-    if out is None or want is None:
-        return
-    src_desc = f'{src_name} {type(src).__name__}'
-    index = getattr(dst, 'in_index', None)
-    got = out
-    if _widths(index) is not None:
-        got = _selected(out, index, src_desc)
-        if getattr(dst, 'input_transform', None) == 'resize_concat':
-            got = sum(got) if isinstance(got, list) else got
-    if isinstance(got, int) and isinstance(want, list):
-        ok = all(w == got for w in want)
-    elif isinstance(got, list) and isinstance(want, int):
-        ok = all(g == want for g in got)
-    else:
-        ok = got == want
-    if not ok:
-        raise ValueError(
-            f'{src_desc} hands on width(s) {got} (out_channels={out}) but '
-            f'{dst_name} {type(dst).__name__} expects in_channels={want}: '
-            f'set the {dst_name} in_channels to the {src_name} output width '
-            f'(or put a FeatureAdapter between them)')
-
-
-def text_widths_of(encoder: nn.Module) -> Dict[str, int]:
-    """Widths a text encoder hands on: ``word`` (C of ``word_feats``,
-    its ``out_channels``) and ``sent`` (C' of ``sent_feat``, its
-    ``sent_channels``, else C)."""
-    word = _widths(getattr(encoder, 'out_channels', None))
-    if not isinstance(word, int):
-        return {}
-    sent = _widths(getattr(encoder, 'sent_channels', None))
-    return dict(word=word, sent=sent if isinstance(sent, int) else word)
-
-
-def check_text_widths(src_name: str, src: nn.Module, dst_name: str,
-                      dst: nn.Module) -> None:
-    """Compare the text widths a consumer was built for (its
-    ``text_widths``: ``{'word': C, 'sent': C'}``, either key optional) with
-    those its text encoder produces (:func:`text_widths_of`).
-
-    Args:
-        src_name (str): Slot of the text encoder (for the message).
-        src (nn.Module): Text encoder (``out_channels`` / ``sent_channels``).
-        dst_name (str): Slot of the consumer, e.g. ``fusion``.
-        dst (nn.Module): Consumer, e.g. ``CRISFPN`` (sentence width) or
-            ``LanguageGatedFusion`` (word width).
-
-    Raises:
-        ValueError: A width differs; the message names both modules, the
-            feature and both widths.
-    """
-    have = text_widths_of(src)
-    want = getattr(dst, 'text_widths', None) or {}
-    for kind, width in want.items():
-        if kind in have and width != have[kind]:
-            feat = 'word_feats' if kind == 'word' else 'sent_feat'
-            raise ValueError(
-                f'{dst_name} {type(dst).__name__} was built for {kind} '
-                f'width {width} but {src_name} {type(src).__name__} '
-                f'produces {feat} of width {have[kind]}: set the '
-                f'{dst_name} text width to {have[kind]}')
+def reads_text(module: Optional[nn.Module]) -> bool:
+    """Whether a neck or decode head takes the text: its ``text_input`` is
+    ``'features'`` (e.g. :class:`FeatureAdapter`, every
+    :class:`BaseRefDecodeHead`); mmseg's own necks and heads do not."""
+    return getattr(module, 'text_input', None) == 'features'
 
 
 @MODELS.register_module()
 class RefSegmentor(BaseSegmentor):
     """Referring image segmentation as an mmseg segmentor.
 
-    ``text_encoder(tokens, mask)`` -> :class:`TextFeatures`;
-    ``backbone(img)`` -> visual levels (or ``backbone(img, text)`` for a
-    backbone with ``takes_text = True``, such as LAVT's Swin with PWAM).
-    A backbone with ``encodes_text = True`` (``DualEncoderBackbone``:
-    ETRIS / BarLeRIa run both CLIP towers together) replaces the text
-    encoder: ``text_encoder`` is then None and ``backbone(img, tokens,
-    mask)`` returns ``(visual levels, TextFeatures, aux losses)``; the aux
-    losses (e.g. BarLeRIa's side-network loss) join the training losses
-    with the prefix ``backbone.``;
-    ``fusion(visual, text)`` -> head inputs (optional: without it the
-    visual levels go on unchanged); optional ``neck``; ``decode_head`` ->
-    logits. Any registered module of mmseg, mmpretrain
-    (``type='mmpretrain.X'``) or this plugin fits each slot. A fusion may
-    hand the text on to the head by returning it inside the head inputs.
+    Text is an explicit input next to the image. :class:`RefDataPreProcessor`
+    stacks the samples' tokens into ``tokens`` / ``text_mask`` (B, L), and
+    every mode runs::
 
-    Text comes pre-tokenized in each data sample's metainfo
-    (``text_tokens`` and ``text_mask``, (L,) each, from ``TokenizeText``).
-    ``predict`` returns :class:`SegDataSample` with ``seg_logits`` and
-    ``pred_sem_seg`` at ``ori_shape``, through mmseg's
+        text  = text_encoder(tokens, text_mask)          # TextFeatures
+        feats = backbone(img)  |  backbone(img, text)     # by text_input
+        (or feats, text, aux = backbone(img, tokens, text_mask))
+        feats, text = fusion(feats, text)                 # optional
+        feats, text = neck(feats, text)  |  neck(feats)   # optional
+        logits = decode_head(feats, text)  |  decode_head(feats)
+
+    (see :data:`BACKBONE_TEXT_INPUTS` and :func:`reads_text`). A fusion may
+    change the text it hands on (HARIS's HLA returns new words). Any
+    registered module of mmseg, mmpretrain (``type='mmpretrain.X'``) or this
+    plugin fits each slot. The backbone's auxiliary losses (BarLeRIa's side
+    network) join the training losses with the prefix ``backbone.``.
+
+    ``forward(img, tokens, text_mask)`` (``mode='tensor'``, the default) is
+    a plain-tensor forward: (B, 3, H, W) float, (B, L) int64, (B, L) int64
+    -> raw head logits (B, out_channels, h, w), the signature export and
+    benchmarks use. ``mode='predict'`` returns :class:`SegDataSample` with
+    ``seg_logits`` and ``pred_sem_seg`` at ``ori_shape`` through mmseg's
     ``postprocess_result`` (letterbox padding in ``img_padding_size`` is
     cropped first; 1-channel heads use sigmoid > ``decode_head.threshold``,
-    2-channel heads argmax).
+    2-channel heads argmax); ``mode='loss'`` returns the losses.
 
-    At build, widths are checked along fusion -> neck -> decode head where
-    the modules expose ``out_channels`` / ``in_channels``
-    (:func:`check_widths`), and the trainable / frozen parameters per
-    top-level module are logged (:func:`log_param_table`) with a one-line
-    ``RefSegmentor: ...M parameters, ...M trainable`` summary.
+    At build, widths are checked along fusion -> neck -> decode head
+    (:func:`check_widths`) and the text widths the backbone and fusion read
+    against the text encoder (:func:`check_text_widths`); the trainable /
+    frozen parameters per top-level module are logged
+    (:func:`log_param_table`) with a one-line summary.
 
     Args:
         backbone (dict): Visual backbone config.
         text_encoder (dict, optional): Text encoder config; None only with
-            a backbone that ``encodes_text``.
-        fusion (dict, optional): Fusion config; called as
-            ``fusion(visual, text)``.
+            a backbone whose ``text_input`` is ``'tokens'``.
         decode_head (dict): mmseg decode head config.
+        fusion (dict, optional): Fusion config: ``fusion(feats, text) ->
+            (feats, text)``.
         neck (dict, optional): Neck applied to the fused levels.
         train_cfg (dict, optional): Passed to the head.
-        test_cfg (dict, optional): ``mode='whole'``; ``output_size``:
-            ``'original'`` (default, predictions at ``ori_shape``) or
-            ``'input'`` (predictions on the network input grid, LAVT's
-            evaluation at 480x480; the test pipeline must then load the
-            mask before resizing so the ground truth is on that grid too).
-        data_preprocessor (dict, optional): e.g. ``SegDataPreProcessor``.
+        test_cfg (dict, optional): ``output_size``: ``'original'``
+            (default, predictions at ``ori_shape``) or ``'input'``
+            (predictions on the network input grid, LAVT's evaluation at
+            480x480; the test pipeline must then load the mask before
+            resizing so the ground truth is on that grid too).
+        data_preprocessor (dict, optional): A :class:`RefDataPreProcessor`
+            config (default: one with no normalisation).
+        pretrained (str, optional): Backbone checkpoint, as mmseg's
+            ``EncoderDecoder``: sets the backbone's ``init_cfg`` (mmseg's
+            ``init_model`` passes None).
         init_cfg (dict, optional): Initialisation config.
 
     Raises:
-        ValueError: ``data_samples`` without ``text_tokens`` (every mode
-            needs the sentence), token ids outside the text encoder's
-            vocabulary (tokenizer and encoder do not match), or
-            ``text_encoder`` given with a backbone that encodes text itself
-            (or missing without one), or no ``decode_head``; at build,
-            a ``fusion`` / ``neck`` whose ``out_channels`` does not match
-            the ``in_channels`` of the next module (see
-            :func:`check_widths`).
+        ValueError: At build: no ``decode_head``; a ``text_encoder`` given
+            with a backbone that encodes text itself (or missing without
+            one); a backbone ``text_input`` outside
+            :data:`BACKBONE_TEXT_INPUTS`; a data preprocessor other than
+            :class:`RefDataPreProcessor`; mismatched widths. At forward:
+            no ``tokens`` / ``text_mask``.
     """
 
     def __init__(self,
@@ -202,21 +108,24 @@ class RefSegmentor(BaseSegmentor):
                  train_cfg: OptConfigType = None,
                  test_cfg: OptConfigType = None,
                  data_preprocessor: OptConfigType = None,
+                 pretrained: Optional[str] = None,
                  init_cfg: OptMultiConfig = None) -> None:
         super().__init__(
-            data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+            data_preprocessor=data_preprocessor
+            or dict(type='RefDataPreProcessor'),
+            init_cfg=init_cfg)
+        if not isinstance(self.data_preprocessor, RefDataPreProcessor):
+            raise ValueError(
+                'RefSegmentor needs data_preprocessor=dict(type='
+                "'RefDataPreProcessor', ...) (it stacks the text next to "
+                f'the images); got {type(self.data_preprocessor).__name__}')
         if decode_head is None:
             raise ValueError('RefSegmentor needs a decode_head config')
+        if pretrained is not None:
+            backbone = dict(backbone, init_cfg=dict(type='Pretrained',
+                                                    checkpoint=pretrained))
         self.backbone = MODELS.build(backbone)
-        self.backbone_encodes_text = getattr(self.backbone, 'encodes_text',
-                                             False)
-        if self.backbone_encodes_text == (text_encoder is not None):
-            raise ValueError(
-                f'{type(self.backbone).__name__} '
-                + ('encodes the text itself: set text_encoder=None'
-                   if self.backbone_encodes_text else
-                   'needs a text_encoder (only a backbone with '
-                   'encodes_text=True may go without one)'))
+        self.text_input = self._backbone_text_input(text_encoder)
         self.text_encoder = (MODELS.build(text_encoder)
                              if text_encoder is not None else None)
         self.fusion = MODELS.build(fusion) if fusion is not None else None
@@ -231,24 +140,47 @@ class RefSegmentor(BaseSegmentor):
         self.test_cfg = test_cfg
         self._log_params()
 
+    # ---------------------------------------------------------------- build
+    def _backbone_text_input(self, text_encoder: OptConfigType):
+        """The backbone's ``text_input``, checked against ``text_encoder``."""
+        name = type(self.backbone).__name__
+        text_input = getattr(self.backbone, 'text_input', None)
+        if text_input not in BACKBONE_TEXT_INPUTS:
+            raise ValueError(f'{name}.text_input={text_input!r}; valid: '
+                             f'{BACKBONE_TEXT_INPUTS}')
+        if (text_input == 'tokens') == (text_encoder is not None):
+            raise ValueError(
+                f'{name} ' + ('encodes the text itself: set text_encoder='
+                              'None' if text_input == 'tokens' else
+                              "needs a text_encoder (only a backbone with "
+                              "text_input='tokens' may go without one)"))
+        return text_input
+
+    @property
+    def text_source(self) -> Tuple[str, nn.Module]:
+        """(slot name, module) of what encodes the sentence: the text
+        encoder, or the backbone's text tower."""
+        if self.text_input == 'tokens':
+            return 'backbone.text', getattr(self.backbone, 'text',
+                                            self.backbone)
+        return 'text_encoder', self.text_encoder
+
     def _check_widths(self) -> None:
         """Build-time width checks along fusion -> neck -> decode head (see
         :func:`check_widths`), and of the text widths the backbone (when it
-        ``takes_text``) and the fusion read (:func:`check_text_widths`)."""
+        reads text features) and the fusion read
+        (:func:`check_text_widths`)."""
         chain = [(n, getattr(self, n)) for n in ('fusion', 'neck')
                  if getattr(self, n, None) is not None]
         chain.append(('decode_head', self.decode_head))
         for (a, src), (b, dst) in zip(chain, chain[1:]):
             check_widths(a, src, b, dst)
-        encoder = (('backbone.text', getattr(self.backbone, 'text', None))
-                   if self.backbone_encodes_text else
-                   ('text_encoder', self.text_encoder))
         readers = [('fusion', self.fusion)]
-        if getattr(self.backbone, 'takes_text', False):
+        if self.text_input == 'features':
             readers.insert(0, ('backbone', self.backbone))
         for name, module in readers:
-            if module is not None and encoder[1] is not None:
-                check_text_widths(*encoder, name, module)
+            if module is not None:
+                check_text_widths(*self.text_source, name, module)
 
     def _log_params(self) -> None:
         """Log the trainable / frozen table per top-level module and the
@@ -261,95 +193,120 @@ class RefSegmentor(BaseSegmentor):
             f'RefSegmentor: {total / 1e6:.2f}M parameters, '
             f'{trainable / 1e6:.2f}M trainable', logger='current')
 
-    def _stack_tokens(self,
-                      data_samples: SampleList) -> Tuple[Tensor, Tensor]:
-        """Stack the samples' ``text_tokens`` / ``text_mask`` (each (L,))
-        into (B, L) each, checked against the vocabulary."""
-        if not data_samples or 'text_tokens' not in data_samples[0]:
-            raise ValueError(
-                'RefSegmentor needs data_samples whose metainfo holds '
-                "'text_tokens' and 'text_mask' (add TokenizeText to the "
-                'pipeline and list both in PackSegInputs.meta_keys)')
-        device = next(self.parameters()).device
-        tokens = torch.stack([
-            torch.as_tensor(ds.text_tokens) for ds in data_samples
-        ]).to(device)  # (B, L)
-        mask = torch.stack([
-            torch.as_tensor(ds.text_mask) for ds in data_samples
-        ]).to(device)  # (B, L)
-        encoder = (self.backbone
-                   if self.backbone_encodes_text else self.text_encoder)
-        vocab = getattr(encoder, 'vocab_size', None)
-        if vocab is not None and int(tokens.max()) >= vocab:
-            raise ValueError(
-                f'token id {int(tokens.max())} is outside the vocabulary of '
-                f'{type(encoder).__name__} ({vocab} ids): the '
-                'TokenizeText tokenizer does not match the text encoder '
-                "(CLIP BPE: 'clip' with RefCLIPTextEncoder; WordPiece: "
-                "'bert' with BertTextEncoder)")
-        return tokens, mask
+    # -------------------------------------------------------------- forward
+    def forward(self,
+                inputs: Tensor,
+                tokens: Optional[Tensor] = None,
+                text_mask: Optional[Tensor] = None,
+                data_samples: OptSampleList = None,
+                mode: str = 'tensor'):
+        """Run one mode (see class doc).
 
-    def encode_text(self, data_samples: SampleList) -> TextFeatures:
-        """Stack the samples' ``text_tokens`` / ``text_mask`` (each (L,))
-        into (B, L) and run the text encoder.
+        Args:
+            inputs (Tensor): Images (B, 3, H, W), normalised.
+            tokens (Tensor): (B, L) int64 token ids.
+            text_mask (Tensor): (B, L) int64, 1 on real tokens.
+            data_samples (list[SegDataSample], optional): Needed by
+                ``'loss'`` (``gt_sem_seg``) and ``'predict'`` (shapes).
+            mode (str): ``'tensor'``, ``'predict'`` or ``'loss'``.
+
+        Raises:
+            ValueError: ``tokens`` or ``text_mask`` is missing, or an
+                unknown ``mode``.
+        """
+        if tokens is None or text_mask is None:
+            raise ValueError(
+                'RefSegmentor needs the text: tokens and text_mask (B, L) '
+                "(RefDataPreProcessor stacks the samples' text_tokens / "
+                'text_mask, which TokenizeText adds)')
+        if mode == 'loss':
+            return self.loss(inputs, tokens, text_mask, data_samples)
+        if mode == 'predict':
+            return self.predict(inputs, tokens, text_mask, data_samples)
+        if mode == 'tensor':
+            return self._forward(inputs, tokens, text_mask)
+        raise ValueError(f"unknown mode {mode!r}; valid: 'tensor', "
+                         "'predict', 'loss'")
+
+    def encode_text(self, tokens: Tensor, text_mask: Tensor) -> TextFeatures:
+        """Run the text encoder on (B, L) tokens and mask.
 
         Raises:
             ValueError: The backbone encodes the text itself (use
                 :meth:`extract_feat`).
         """
-        if self.backbone_encodes_text:
+        if self.text_input == 'tokens':
             raise ValueError(
                 f'{type(self.backbone).__name__} encodes the text together '
                 'with the image; there is no separate text encoder')
-        return self.text_encoder(*self._stack_tokens(data_samples))
+        return self.text_encoder(tokens, text_mask)
 
-    def _extract(self, inputs: Tensor,
-                 data_samples: SampleList) -> Tuple[Tuple, dict]:
-        """Head inputs and the backbone's auxiliary losses."""
-        aux = {}
-        if self.backbone_encodes_text:
-            x, text, aux = self.backbone(inputs,
-                                         *self._stack_tokens(data_samples))
+    def _extract(self, inputs: Tensor, tokens: Tensor,
+                 text_mask: Tensor) -> Tuple[Feats, TextFeatures, dict]:
+        """Head inputs, the text the head reads, and the backbone's
+        auxiliary losses."""
+        aux: Dict[str, Tensor] = {}
+        if self.text_input == 'tokens':
+            feats, text, aux = self.backbone(inputs, tokens, text_mask)
         else:
-            text = self.encode_text(data_samples)
-            if getattr(self.backbone, 'takes_text', False):
-                x = self.backbone(inputs, text)
-            else:
-                x = self.backbone(inputs)
+            text = self.encode_text(tokens, text_mask)
+            feats = (self.backbone(inputs, text)
+                     if self.text_input == 'features' else
+                     self.backbone(inputs))
         if self.fusion is not None:
-            x = self.fusion(x, text)
+            feats, text = self.fusion(feats, text)
         if self.with_neck:
-            x = self.neck(x)
-        return x, aux
+            if reads_text(self.neck):
+                feats, text = self.neck(feats, text)
+            else:
+                feats = self.neck(feats)
+        return feats, text, aux
 
-    def extract_feat(self, inputs: Tensor,
-                     data_samples: SampleList) -> Tuple[Tensor, ...]:
-        """Head inputs for images (B, 3, H, W) (see class doc)."""
-        return self._extract(inputs, data_samples)[0]
+    def extract_feat(self, inputs: Tensor, tokens: Tensor,
+                     text_mask: Tensor) -> Tuple[Feats, TextFeatures]:
+        """Head inputs (levels) and the text for images (B, 3, H, W) and
+        tokens / mask (B, L)."""
+        return self._extract(inputs, tokens, text_mask)[:2]
 
-    def encode_decode(self, inputs: Tensor,
-                      data_samples: SampleList) -> Tensor:
+    def _decode(self, feats: Feats, text: TextFeatures) -> Tensor:
+        """Raw head logits (B, out_channels, h, w)."""
+        if reads_text(self.decode_head):
+            return self.decode_head(feats, text)
+        return self.decode_head(feats)
+
+    def _forward(self, inputs: Tensor, tokens: Tensor,
+                 text_mask: Tensor) -> Tensor:
+        """Raw head logits (B, out_channels, h, w) (``mode='tensor'``)."""
+        return self._decode(*self.extract_feat(inputs, tokens, text_mask))
+
+    def encode_decode(self, inputs: Tensor, tokens: Tensor,
+                      text_mask: Tensor) -> Tensor:
         """Logits (B, out_channels, H, W) at the input size."""
-        logits = self.decode_head(self.extract_feat(inputs, data_samples))
         return resize(
-            logits,
+            self._forward(inputs, tokens, text_mask),
             size=inputs.shape[2:],
             mode='bilinear',
             align_corners=self.align_corners)
 
-    def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
-        """Head losses for images (B, 3, H, W) and their gt_sem_seg, plus
+    def loss(self, inputs: Tensor, tokens: Tensor, text_mask: Tensor,
+             data_samples: SampleList) -> dict:
+        """Head losses (``decode.*``) against the samples' gt_sem_seg, plus
         the backbone's auxiliary losses (``backbone.*``)."""
-        x, aux = self._extract(inputs, data_samples)
-        losses = self.decode_head.loss(x, data_samples, self.train_cfg)
+        feats, text, aux = self._extract(inputs, tokens, text_mask)
+        if reads_text(self.decode_head):
+            losses = self.decode_head.loss(feats, data_samples,
+                                           self.train_cfg, text)
+        else:
+            losses = self.decode_head.loss(feats, data_samples,
+                                           self.train_cfg)
         losses = add_prefix(losses, 'decode')
         losses.update(add_prefix(aux, 'backbone'))
         return losses
 
-    def predict(self, inputs: Tensor,
-                data_samples: Optional[SampleList] = None) -> SampleList:
+    def predict(self, inputs: Tensor, tokens: Tensor, text_mask: Tensor,
+                data_samples: SampleList) -> SampleList:
         """Predictions at each sample's ``ori_shape`` (see class doc)."""
-        logits = self.encode_decode(inputs, data_samples)
+        logits = self.encode_decode(inputs, tokens, text_mask)
         return self.postprocess_result(logits, data_samples)
 
     def postprocess_result(self, seg_logits: Tensor,
@@ -382,9 +339,3 @@ class RefSegmentor(BaseSegmentor):
             ds.set_data(dict(seg_logits=PixelData(data=logits),
                              pred_sem_seg=PixelData(data=pred)))
         return data_samples
-
-    def _forward(self,
-                 inputs: Tensor,
-                 data_samples: Optional[SampleList] = None) -> Tensor:
-        """Raw head output (B, out_channels, h, w) (``mode='tensor'``)."""
-        return self.decode_head(self.extract_feat(inputs, data_samples))

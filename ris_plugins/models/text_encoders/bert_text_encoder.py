@@ -8,13 +8,13 @@ from transformers import BertConfig, BertModel
 
 from mmseg.registry import MODELS
 from ris_plugins.utils.pretrained import resolve_pretrained
-from .text_features import TextFeatures
+from ..utils import FrozenEvalMixin, TextFeatures
 
 POOLINGS = ('mean', 'cls', 'pooler')
 
 
 @MODELS.register_module()
-class BertTextEncoder(BaseModule):
+class BertTextEncoder(FrozenEvalMixin, BaseModule):
     """A BERT-family encoder (BERT, MiniLM, ...) returning
     :class:`TextFeatures`.
 
@@ -93,6 +93,12 @@ class BertTextEncoder(BaseModule):
         return self.bert.config.vocab_size
 
     @property
+    def max_length(self) -> int:
+        """Longest token sequence L this encoder embeds (its position
+        table)."""
+        return self.bert.config.max_position_embeddings
+
+    @property
     def out_channels(self) -> int:
         """C = C': width of word and sentence features."""
         return self.bert.config.hidden_size
@@ -102,11 +108,9 @@ class BertTextEncoder(BaseModule):
         must not call ``BertModel.init_weights``, which re-initialises."""
         self._is_init = True
 
-    def train(self, mode: bool = True) -> 'BertTextEncoder':
-        super().train(mode)
-        if self.frozen:
-            self.bert.eval()
-        return self
+    def frozen_modules(self):
+        """The BERT model when ``frozen``."""
+        return (self.bert, ) if self.frozen else ()
 
     def forward(self, tokens: Tensor, attention_mask: Tensor) -> TextFeatures:
         """Encode a batch of tokenized sentences.

@@ -10,7 +10,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from mmseg.registry import MODELS
 from ris_plugins.utils.pretrained import resolve_pretrained
-from .text_features import TextFeatures
+from ..utils import FrozenEvalMixin, TextFeatures
 
 # OpenAI CLIP text towers (``clip/model.py`` ``build_model``): width 512,
 # 12 layers, 8 heads, 77 positions, vocabulary 49,408; the projection width
@@ -28,7 +28,7 @@ OPENAI_CLIP_TEXT = dict(
 
 
 @MODELS.register_module()
-class RefCLIPTextEncoder(BaseModule):
+class RefCLIPTextEncoder(FrozenEvalMixin, BaseModule):
     """CLIP text encoder returning word features and the EOT sentence
     feature, as CRIS's ``CLIP.encode_text`` (``model/clip.py``).
 
@@ -118,6 +118,12 @@ class RefCLIPTextEncoder(BaseModule):
         return self.clip.config.vocab_size
 
     @property
+    def max_length(self) -> int:
+        """Longest token sequence L this encoder accepts: its
+        ``context_length``."""
+        return self.context_length
+
+    @property
     def out_channels(self) -> int:
         """C: width of the word features."""
         return self.clip.config.hidden_size
@@ -132,12 +138,9 @@ class RefCLIPTextEncoder(BaseModule):
         call ``PreTrainedModel.init_weights``, which re-initialises."""
         self._is_init = True
 
-    def train(self, mode: bool = True) -> 'RefCLIPTextEncoder':
-        """Set train mode; a frozen encoder stays in eval mode."""
-        super().train(mode)
-        if self.frozen:
-            self.clip.eval()
-        return self
+    def frozen_modules(self):
+        """The CLIP text model when ``frozen``."""
+        return (self.clip, ) if self.frozen else ()
 
     def _check_tokens(self, tokens: Tensor) -> None:
         if tokens.dim() != 2:

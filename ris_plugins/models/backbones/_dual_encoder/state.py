@@ -7,7 +7,7 @@ from typing import Dict, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ...text_encoders import TextFeatures
+from ...utils import TextFeatures
 
 
 def tokens_to_map(x: Tensor, grid: Tuple[int, int]) -> Tensor:

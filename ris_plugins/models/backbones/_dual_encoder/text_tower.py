@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ...text_encoders import TextFeatures
+from ...utils import TextFeatures
 from .state import DualEncoderState
 
 

@@ -9,8 +9,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from mmseg.registry import MODELS
-from ..fusion import coord_features
-from ..text_encoders import TextFeatures
+from ..utils import TextFeatures, coord_features
 
 
 def _deconv(cin: int, cout: int, stride: int, norm_cfg: dict,
@@ -42,7 +41,7 @@ class HANeck(BaseModule):
     (as in ETRIS).
 
     Used in :class:`RefSegmentor`'s ``fusion`` slot: ``(levels, text) ->
-    (out, text)`` for :class:`CRISHead`. With ``extra_input`` a fourth
+    ((out, ), text)`` for :class:`CRISHead`. With ``extra_input`` a fourth
     level (B, C, h, w) -- BarLeRIa's side-network output -- is added to
     ``out`` (``model/segmenter.py``: ``decoder(fq + fq_side, ...)``).
 
@@ -119,8 +118,8 @@ class HANeck(BaseModule):
                 f'HANeck was built for sentence width {self.text_channels}, '
                 f'got {text.sent_feat.shape[-1]}')
 
-    def forward(self, visual: Sequence[Tensor],
-                text: TextFeatures) -> Tuple[Tensor, TextFeatures]:
+    def forward(self, visual: Sequence[Tensor], text: TextFeatures
+                ) -> Tuple[Tuple[Tensor], TextFeatures]:
         """Fuse.
 
         Args:
@@ -130,7 +129,7 @@ class HANeck(BaseModule):
             text (TextFeatures): sent_feat (B, C') is used.
 
         Returns:
-            tuple: ``(out (B, C, h, w), text)``.
+            tuple: ``((out (B, C, h, w), ), text)``, the text unchanged.
         """
         self._check(visual, text)
         s = self.text_proj(text.sent_feat)[None]  # (1, B, C)
@@ -151,4 +150,4 @@ class HANeck(BaseModule):
         x = self.out_conv(x)  # (B, C, h, w)
         if self.extra_input:
             x = x + visual[3]
-        return x, text
+        return (x, ), text

@@ -1,0 +1,3 @@
+from .ref_data_preprocessor import RefDataPreProcessor
+
+__all__ = ['RefDataPreProcessor']
