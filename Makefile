@@ -10,4 +10,4 @@ demo: setup
 	$(PYTHON) tools/run_demo.py
 
 test: setup
-	$(PYTHON) -m pytest tests
+	$(PYTHON) -m pytest -n auto tests

@@ -27,3 +27,7 @@ default_hooks = dict(
     # each dataloader's TokenizeText must fit the text encoder (vocabulary,
     # context length), checked once before the run
     text_check=dict(type='TextInputCheckHook'))
+# A fixed seed: --resume then reproduces the uninterrupted run exactly
+# (mmengine seeds the sampler before it reads the checkpoint's seed, so a
+# random per-run seed would change the data order after a resume).
+randomness = dict(seed=0)
