@@ -13,6 +13,7 @@ from .test_mim_demo import _mim
 DEMOS = sorted(glob.glob(osp.join(ROOT, 'configs', 'demo', '*.py')))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config', DEMOS, ids=osp.basename)
 def test_method_trains_and_mim_tests(config, refshapes_root, tmp_path):
     work = str(tmp_path / 'work')

@@ -64,6 +64,7 @@ def test_mix_combines_the_named_components(path):
         assert [i.module.type for i in bb.interactions] == ['LIMPrompts']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', TINY, ids=osp.basename)
 def test_tiny_mix_trains_and_tests(path, refshapes_root, tmp_path):
     work = str(tmp_path / 'work')

@@ -46,6 +46,7 @@ def ptq_cfg(trained, work_dir, method='ptq4ris', bits='w4a4', steps=4):
     return cfg
 
 
+@pytest.mark.slow
 def test_mim_test_w4a4_then_reload_skips_calibration(trained, tmp_path):
     work = str(tmp_path / 'w4a4')
     cfg = ptq_cfg(trained, work)
@@ -127,6 +128,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_calibration_equals_single_process(tmp_path):
     out = str(tmp_path / 'ddp.pth')
     mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2)

@@ -92,6 +92,7 @@ def test_trusted_opt_in_loads_legacy_checkpoint(tmp_path, monkeypatch):
         safe_checkpoint.load_local_checkpoint(str(tmp_path / 'nope.pth'))
 
 
+@pytest.mark.slow
 def test_runner_checkpoint_round_trips_test_and_resume(refshapes_root,
                                                         tmp_path):
     work = str(tmp_path / 'work')
@@ -145,6 +146,7 @@ def test_force_env_refuses_malicious_load_from(refshapes_root, tmp_path,
     assert not marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('resume', [False, True])
 @pytest.mark.parametrize('size', [0, 100])
 def test_empty_or_truncated_checkpoint_names_the_file(

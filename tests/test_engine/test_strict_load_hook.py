@@ -89,6 +89,7 @@ def test_matching_checkpoint_loads(refshapes_root, tmp_path):
     torch.testing.assert_close(runner.model.state_dict(), model.state_dict())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('auto', [False, True])
 def test_resume_from_other_model_names_file_and_key(
         refshapes_root, tmp_path, other_model_ckpt, auto):
