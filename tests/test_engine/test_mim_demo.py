@@ -6,6 +6,8 @@ import os.path as osp
 import subprocess
 import sys
 
+import pytest
+
 from ..conftest import ROOT, tiny_cfg
 
 
@@ -18,6 +20,7 @@ def _mim(*args, cwd):
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_mim_train_then_test(refshapes_root, tmp_path):
     work = str(tmp_path / 'work')
     cfg = tiny_cfg(refshapes_root, work, max_iters=6)
