@@ -10,16 +10,13 @@
 # Only SNF, LIM, GST, the HA neck, the GA decoder, the projector and the two
 # positional embeddings train (requires_grad=False elsewhere, set by
 # DualEncoderBackbone); the frozen towers stay in eval mode. The no-GST
-# variant is projects/barleria/configs/.
+# variant is projects/barleria/configs/barleria-no-gst_*.py.
 _base_ = [
     '../_base_/models/barleria_vit-b16.py',
-    '../_base_/datasets/refcoco_unc_clip-416.py',
-    '../_base_/schedules/schedule_50e_adam_step35.py'
+    '../_base_/datasets/refcoco_clip-416.py',
+    '../_base_/schedules/etris_8xb4-50e.py'
 ]
 train_dataloader = dict(batch_size=4)
 model = dict(
     data_preprocessor=dict(size=_base_.img_scale),
     backbone=dict(text=dict(context_length=_base_.context_length)))
-# BarLeRIa trains with SyncBN (DDP) and AMP, as ETRIS.
-sync_bn = 'torch'
-auto_scale_lr = dict(enable=False, base_batch_size=32)

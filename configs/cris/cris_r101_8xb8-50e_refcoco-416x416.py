@@ -1,11 +1,11 @@
-# CRIS with CLIP RN101 on RefCOCO: the attention pool and the text
-# projection are 512 wide (RN50: 1024), so the FPN's last input and the
-# projector's sentence width are 512. Convert OpenAI's RN101.pt with
-# tools/model_converters/clip_to_ris.py and set load_from (see
-# configs/_base_/models/cris_r50.py).
-_base_ = ['./cris_r50_8xb8-50e_refcoco-416x416.py']
+# CRIS with CLIP RN101 on RefCOCO (UNC); see
+# cris_r50_8xb8-50e_refcoco-416x416.py for the recipe and
+# configs/_base_/models/cris_r101.py for the widths.
+_base_ = [
+    '../_base_/models/cris_r101.py',
+    '../_base_/datasets/refcoco_clip-416.py',
+    '../_base_/schedules/cris_8xb8-50e.py'
+]
 model = dict(
-    backbone=dict(depth=101, output_dim=512),
-    text_encoder=dict(config=dict(projection_dim=512)),
-    fusion=dict(in_channels=[512, 1024, 512], text_channels=512),
-    decode_head=dict(sent_channels=512))
+    data_preprocessor=dict(size=_base_.img_scale),
+    text_encoder=dict(context_length=_base_.context_length))

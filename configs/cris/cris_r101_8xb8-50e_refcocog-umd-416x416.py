@@ -1,8 +1,9 @@
-# CRIS RN101 on G-Ref (UMD): the RN50 G-Ref data settings (22 tokens) with
-# the RN101 model.
-_base_ = ['./cris_r50_8xb8-50e_refcocog-umd-416x416.py']
+# CRIS RN101 on G-Ref (UMD): 22 tokens instead of 17.
+_base_ = [
+    '../_base_/models/cris_r101.py',
+    '../_base_/datasets/refcocog-umd_clip-416.py',
+    '../_base_/schedules/cris_8xb8-50e.py'
+]
 model = dict(
-    backbone=dict(depth=101, output_dim=512),
-    text_encoder=dict(config=dict(projection_dim=512)),
-    fusion=dict(in_channels=[512, 1024, 512], text_channels=512),
-    decode_head=dict(sent_channels=512))
+    data_preprocessor=dict(size=_base_.img_scale),
+    text_encoder=dict(context_length=_base_.context_length))

@@ -1,7 +1,9 @@
-# CRIS RN50 on RefCOCO+ (UNC). Validation uses val (the upstream RefCOCO+
-# config validates on testB, which selects the checkpoint on a test split).
-_base_ = ['./cris_r50_8xb8-50e_refcoco-416x416.py']
-ref_dataset = dict(dataset='refcoco+', split_by='unc')
-train_dataloader = dict(dataset=ref_dataset)
-val_dataloader = dict(dataset=ref_dataset)
-test_dataloader = dict(dataset=ref_dataset)
+# CRIS RN50 on RefCOCO+ (UNC), validated on val.
+_base_ = [
+    '../_base_/models/cris_r50.py',
+    '../_base_/datasets/refcoco+_clip-416.py',
+    '../_base_/schedules/cris_8xb8-50e.py'
+]
+model = dict(
+    data_preprocessor=dict(size=_base_.img_scale),
+    text_encoder=dict(context_length=_base_.context_length))

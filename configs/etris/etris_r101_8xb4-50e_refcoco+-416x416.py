@@ -1,7 +1,10 @@
-# ETRIS with frozen CLIP RN101 on RefCOCO+ (UNC), validated on val; see
-# etris_r101_8xb4-50e_refcoco-416x416.py for the RN101 widths.
-_base_ = ['./etris_r101_8xb4-50e_refcoco-416x416.py']
-ref_dataset = dict(dataset='refcoco+', split_by='unc')
-train_dataloader = dict(dataset=ref_dataset)
-val_dataloader = dict(dataset=ref_dataset)
-test_dataloader = dict(dataset=ref_dataset)
+# ETRIS with frozen CLIP RN101 on RefCOCO+ (UNC), validated on val.
+_base_ = [
+    '../_base_/models/etris_r101.py',
+    '../_base_/datasets/refcoco+_clip-416.py',
+    '../_base_/schedules/etris_8xb4-50e.py'
+]
+train_dataloader = dict(batch_size=4)
+model = dict(
+    data_preprocessor=dict(size=_base_.img_scale),
+    backbone=dict(text=dict(context_length=_base_.context_length)))

@@ -1,16 +1,12 @@
-# ETRIS with frozen CLIP RN101 on RefCOCO (UNC): the attention pool and the
-# text projection are 512 wide (RN50: 1024), so the HA neck's last input,
-# its sentence width and the projector's sentence width are 512
-# (upstream config/*/bridge_r101.yaml: fpn_in [512, 1024, 512], word_dim
-# 512). The Bridger is RN50's (layer widths 512 / 1024 / 2048 are the
-# same). Trainable: BridgerRN 1,942,080 + head 24,244,225 + positional
-# embeddings (50 x 2048 + 77 x 512). Convert OpenAI's RN101.pt with
-# tools/model_converters/clip_to_ris.py (see configs/_base_/models/
-# etris_r50.py).
-_base_ = ['./etris_r50_8xb4-50e_refcoco-416x416.py']
+# ETRIS with frozen CLIP RN101 on RefCOCO (UNC); see
+# etris_r50_8xb4-50e_refcoco-416x416.py for the recipe and
+# configs/_base_/models/etris_r101.py for the widths.
+_base_ = [
+    '../_base_/models/etris_r101.py',
+    '../_base_/datasets/refcoco_clip-416.py',
+    '../_base_/schedules/etris_8xb4-50e.py'
+]
+train_dataloader = dict(batch_size=4)
 model = dict(
-    backbone=dict(
-        visual=dict(depth=101, output_dim=512),
-        text=dict(config=dict(projection_dim=512))),
-    fusion=dict(in_channels=[512, 1024, 512], text_channels=512),
-    decode_head=dict(sent_channels=512))
+    data_preprocessor=dict(size=_base_.img_scale),
+    backbone=dict(text=dict(context_length=_base_.context_length)))

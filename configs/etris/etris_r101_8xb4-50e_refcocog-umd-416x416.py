@@ -1,10 +1,10 @@
-# ETRIS with frozen CLIP RN101 on G-Ref (UMD), 22 tokens: the RN50 G-Ref
-# data settings with the RN101 model (see
-# etris_r101_8xb4-50e_refcoco-416x416.py for the widths).
-_base_ = ['./etris_r50_8xb4-50e_refcocog-umd-416x416.py']
+# ETRIS with frozen CLIP RN101 on G-Ref (UMD): 22 tokens instead of 17.
+_base_ = [
+    '../_base_/models/etris_r101.py',
+    '../_base_/datasets/refcocog-umd_clip-416.py',
+    '../_base_/schedules/etris_8xb4-50e.py'
+]
+train_dataloader = dict(batch_size=4)
 model = dict(
-    backbone=dict(
-        visual=dict(depth=101, output_dim=512),
-        text=dict(config=dict(projection_dim=512))),
-    fusion=dict(in_channels=[512, 1024, 512], text_channels=512),
-    decode_head=dict(sent_channels=512))
+    data_preprocessor=dict(size=_base_.img_scale),
+    backbone=dict(text=dict(context_length=_base_.context_length)))

@@ -1,8 +1,12 @@
 # ETRIS RN50 on RefCOCO+ (UNC). Validation uses val (the upstream
 # RefCOCO+ config validates on testB, which selects the checkpoint on a
 # test split).
-_base_ = ['./etris_r50_8xb4-50e_refcoco-416x416.py']
-ref_dataset = dict(dataset='refcoco+', split_by='unc')
-train_dataloader = dict(dataset=ref_dataset)
-val_dataloader = dict(dataset=ref_dataset)
-test_dataloader = dict(dataset=ref_dataset)
+_base_ = [
+    '../_base_/models/etris_r50.py',
+    '../_base_/datasets/refcoco+_clip-416.py',
+    '../_base_/schedules/etris_8xb4-50e.py'
+]
+train_dataloader = dict(batch_size=4)
+model = dict(
+    data_preprocessor=dict(size=_base_.img_scale),
+    backbone=dict(text=dict(context_length=_base_.context_length)))

@@ -17,13 +17,10 @@
 # letterboxed with nearest interpolation; no cudnn.enabled=False.
 _base_ = [
     '../_base_/models/etris_vit-b16.py',
-    '../_base_/datasets/refcoco_unc_clip-416.py',
-    '../_base_/schedules/schedule_50e_adam_step35.py'
+    '../_base_/datasets/refcoco_clip-416.py',
+    '../_base_/schedules/etris_8xb4-50e.py'
 ]
 train_dataloader = dict(batch_size=4)
 model = dict(
     data_preprocessor=dict(size=_base_.img_scale),
     backbone=dict(text=dict(context_length=_base_.context_length)))
-# ETRIS trains with SyncBN (DDP) and AMP.
-sync_bn = 'torch'
-auto_scale_lr = dict(enable=False, base_batch_size=32)

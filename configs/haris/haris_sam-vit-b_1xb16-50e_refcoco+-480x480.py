@@ -1,6 +1,11 @@
 # HARIS on RefCOCO+ (UNC), validated on val; 17 tokens as RefCOCO.
-_base_ = ['./haris_sam-vit-b_1xb16-50e_refcoco-480x480.py']
-ref_dataset = dict(dataset='refcoco+', split_by='unc')
-train_dataloader = dict(dataset=ref_dataset)
-val_dataloader = dict(dataset=ref_dataset)
-test_dataloader = dict(dataset=ref_dataset)
+_base_ = [
+    '../_base_/models/haris_sam-vit-b_clip.py',
+    '../_base_/datasets/refcoco+_clip-480.py',
+    '../_base_/schedules/haris_1xb16-50e.py'
+]
+train_dataloader = dict(batch_size=16)
+model = dict(
+    data_preprocessor=dict(size=_base_.img_scale),
+    backbone=dict(img_size=_base_.img_scale[0]),
+    text_encoder=dict(context_length=_base_.context_length))

@@ -1,19 +1,12 @@
 # HARIS on G-Ref (UMD partition: val(U) / test(U)):
 # 25 tokens (paper) instead of 17.
-_base_ = ['./haris_sam-vit-b_1xb16-50e_refcoco-480x480.py']
-ref_dataset = dict(dataset='refcocog', split_by='umd')
-context_length = 25
-tokenizer = dict(
-    type='TokenizeText', tokenizer='clip', context_length=context_length)
-train_pipeline = [
-    tokenizer if t.type == 'TokenizeText' else t
-    for t in _base_.train_pipeline
+_base_ = [
+    '../_base_/models/haris_sam-vit-b_clip.py',
+    '../_base_/datasets/refcocog-umd_clip-480.py',
+    '../_base_/schedules/haris_1xb16-50e.py'
 ]
-test_pipeline = [
-    tokenizer if t.type == 'TokenizeText' else t
-    for t in _base_.test_pipeline
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline, **ref_dataset))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline, **ref_dataset))
-test_dataloader = dict(dataset=dict(pipeline=test_pipeline, **ref_dataset))
-model = dict(text_encoder=dict(context_length=context_length))
+train_dataloader = dict(batch_size=16)
+model = dict(
+    data_preprocessor=dict(size=_base_.img_scale),
+    backbone=dict(img_size=_base_.img_scale[0]),
+    text_encoder=dict(context_length=_base_.context_length))

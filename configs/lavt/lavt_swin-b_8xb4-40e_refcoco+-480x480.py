@@ -1,5 +1,10 @@
-_base_ = ['./lavt_swin-b_8xb4-40e_refcoco-480x480.py']
-ref_dataset = dict(dataset='refcoco+', split_by='unc')
-train_dataloader = dict(dataset=ref_dataset)
-val_dataloader = dict(dataset=ref_dataset)
-test_dataloader = val_dataloader
+# LAVT on RefCOCO+ (UNC), as lavt_swin-b_8xb4-40e_refcoco-480x480.py.
+_base_ = [
+    '../_base_/models/lavt_swin-b.py',
+    '../_base_/datasets/refcoco+_bert-480.py',
+    '../_base_/schedules/schedule_40e_adamw_poly.py'
+]
+train_dataloader = dict(batch_size=4)
+model = dict(
+    data_preprocessor=dict(size=_base_.img_scale),
+    test_cfg=dict(output_size='input'))

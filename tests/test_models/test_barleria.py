@@ -19,7 +19,8 @@ from .test_etris import (TINY_TEXT, n_params, samples,
 PROJECT = osp.join(ROOT, 'projects', 'barleria', 'configs')
 NO_GST_CFG = osp.join(PROJECT,
                       'barleria-no-gst_vit-b16_8xb4-50e_refcoco-416x416.py')
-FULL_CFG = osp.join(PROJECT, 'barleria_vit-b16_8xb4-50e_refcoco-416x416.py')
+FULL_CFG = osp.join(ROOT, 'configs', 'barleria',
+                    'barleria_vit-b16_8xb4-50e_refcoco-416x416.py')
 TINY_SNF = dict(type='SNF', visual_dim=32, text_dim=24, visual_layers=4,
                 text_layers=4, flow_length=4)
 TINY_LIM = dict(type='LIMPrompts', visual_dim=32, text_dim=24, hidden_dim=8,

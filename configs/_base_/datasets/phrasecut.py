@@ -6,7 +6,7 @@
 # The default pipeline tokenizes with CLIP BPE to 17 tokens and letterboxes
 # to 480x480; a trained method's zero-shot config replaces the test
 # dataloader's dataset and keeps its own test pipeline (see
-# configs/haris/*zeroshot-phrasecut*.py).
+# configs/haris/haris-zeroshot-phrasecut_*.py).
 dataset_type = 'PhraseCutDataset'
 data_root = 'data/VGPhraseCut_v0'
 img_scale = (480, 480)

@@ -89,4 +89,4 @@ model = dict(
             dict(type='DiceLoss', use_sigmoid=True, loss_weight=1.0)
         ]),
     train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+    test_cfg=dict())

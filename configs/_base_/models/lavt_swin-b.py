@@ -55,4 +55,4 @@ model = dict(
         norm_cfg=norm_cfg,
         loss_decode=dict(type='CrossEntropyLoss', class_weight=[0.9, 1.1])),
     train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+    test_cfg=dict())

@@ -53,4 +53,4 @@ model = dict(
                 loss_weight=1.0)
         ]),
     train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+    test_cfg=dict())

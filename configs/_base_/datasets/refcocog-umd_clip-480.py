@@ -1,9 +1,8 @@
-# G-Ref (UMD partition: val(U) / test(U)) in the CLIP-based RIS setting of
-# refcoco_unc_clip-416.py with 22 tokens instead of 17 (CRIS / ETRIS
-# config/refcocog_u/*.yaml: word_len 22).
-_base_ = ['./refcoco_unc_clip-416.py']
+# G-Ref (UMD partition: val(U) / test(U)) in HARIS's setting
+# (refcoco_clip-480.py) with 25 tokens (paper) instead of 17.
+_base_ = ['./refcoco_clip-480.py']
 ref_dataset = dict(dataset='refcocog', split_by='umd')
-context_length = 22
+context_length = 25
 tokenizer = dict(
     type='TokenizeText', tokenizer='clip', context_length=context_length)
 train_pipeline = [

@@ -9,6 +9,8 @@
 # counts (pr_thresholds='cris').
 # Method configs set the per-GPU batch size and model.data_preprocessor
 # size / text context length (from `img_scale` / `context_length` here).
+# RefCOCO+ and G-Ref in this setting: refcoco+_clip-416.py,
+# refcocog-umd_clip-416.py.
 # A variant that changes a transform rebuilds the pipelines from these ones
 # (lists are replaced wholesale on inheritance), e.g.
 #   train_pipeline = [tokenizer if t.type == 'TokenizeText' else t
