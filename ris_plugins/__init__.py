@@ -9,6 +9,9 @@ from .version import __version__
 
 safe_checkpoint.install()
 
-from . import datasets, engine, evaluation, models, quantization  # noqa: E402,F401
+from . import (datasets, engine, evaluation, models,  # noqa: E402,F401
+               quantization, visualization)
+from . import apis  # noqa: E402,F401
+from .apis import RefSegInferencer  # noqa: E402
 
-__all__ = ['__version__']
+__all__ = ['__version__', 'RefSegInferencer']
