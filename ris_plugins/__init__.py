@@ -11,7 +11,5 @@ safe_checkpoint.install()
 
 from . import (datasets, engine, evaluation, models,  # noqa: E402,F401
                quantization, visualization)
-from . import apis  # noqa: E402,F401
-from .apis import RefSegInferencer  # noqa: E402
 
-__all__ = ['__version__', 'RefSegInferencer']
+__all__ = ['__version__']

@@ -6,8 +6,12 @@ env_cfg = dict(
     dist_cfg=dict(backend='nccl'),
 )
 vis_backends = [dict(type='LocalVisBackend')]
+# Pictures of (image, sentence) pairs: prediction overlay + contour,
+# ground-truth contour, sentence and IoU in a caption band
+# (ris_plugins/visualization).
 visualizer = dict(
-    type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
+    type='RefSegLocalVisualizer', vis_backends=vis_backends,
+    name='visualizer')
 log_processor = dict(by_epoch=False)
 log_level = 'INFO'
 load_from = None
@@ -18,7 +22,9 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=2000),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'),
+    # tools/test.py --show-dir DIR: DIR/<image stem>_<ref_id>_<sent_id>.png,
+    # one per (ref, sentence), every sample (interval=1)
+    visualization=dict(type='RefSegVisualizationHook', interval=1),
     # load_from / --checkpoint / resume must match the model (set
     # strict=False to initialise partially on purpose; resume stays strict)
     strict_load=dict(type='StrictLoadHook', strict=True),
