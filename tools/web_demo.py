@@ -221,7 +221,7 @@ class RefSegDemo:
             out = self._infer(image, sentences)
         except DemoInputError as err:
             return [], [], f'**{err}**'
-        overlays, masks, areas = [], [], []
+        overlays, masks, captions = [], [], []
         for k, (pred, vis) in enumerate(
                 zip(out['predictions'], out['visualization']), start=1):
             mask = np.asarray(pred['mask'], dtype=np.uint8)
@@ -230,8 +230,8 @@ class RefSegDemo:
                        f'({100 * area / mask.size:.1f}% of the image)')
             overlays.append((np.asarray(vis, dtype=np.uint8), caption))
             masks.append((mask * 255, caption))
-            areas.append(caption)
-        return overlays, masks, '\n'.join(f'- {a}' for a in areas)
+            captions.append(caption)
+        return overlays, masks, '\n'.join(captions)  # a Markdown list
 
     def _infer(self, image: str, sentences: List[str]) -> dict:
         """Run the inferencer; its bad-input errors become
@@ -287,7 +287,9 @@ def build_app(inferencer: Any,
         and its :class:`RefSegDemo` handlers.
     """
     demo = RefSegDemo(inferencer, samples, limits)
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
+    # Uploads and outputs older than an hour are deleted every 10 minutes.
+    with gr.Blocks(title=title, analytics_enabled=False,
+                   delete_cache=(600, 3600)) as app:
         gr.Markdown(f'## {title}\nUpload an image or pick a sample, type '
                     'one sentence per line (each names one object), press '
                     '**Segment**.')
@@ -309,11 +311,11 @@ def build_app(inferencer: Any,
             with gr.Column():
                 status = gr.Markdown(elem_id=ELEM_IDS['status'])
                 overlays = gr.Gallery(
-                    label='Overlay', format='png', columns=1,
-                    elem_id=ELEM_IDS['overlays'])
+                    label='Overlay', format='png', columns=2,
+                    object_fit='contain', elem_id=ELEM_IDS['overlays'])
                 masks = gr.Gallery(
                     label='Mask', format='png', columns=2,
-                    elem_id=ELEM_IDS['masks'])
+                    object_fit='contain', elem_id=ELEM_IDS['masks'])
         button.click(demo.segment, [image, text], [overlays, masks, status])
         sample.change(demo.load_sample, [sample], [image, text])
     return app, demo
