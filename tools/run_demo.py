@@ -1,6 +1,8 @@
 """The demo: generate RefShapes if missing, train a model with ``mim
 train``, evaluate it with ``mim test`` on val / testA / testB and on the
-shuffled-sentence control, and print the metric table.
+shuffled-sentence control, print the metric table, and write a contact
+sheet of 16 val predictions (the 4 best, the 4 worst and 8 random ones by
+IoU, with their sentences) to ``<work dir>/contact_sheet.png``.
 
 The control config is written next to the checkpoints: it inherits the
 chosen config and wraps its val dataset in ``ShuffledTextDataset``.
@@ -19,7 +21,7 @@ import os.path as osp
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join('configs', 'demo',
@@ -61,6 +63,46 @@ def latest_metrics(work_dir: str) -> Dict[str, float]:
         raise FileNotFoundError(f'no test results under {work_dir!r}')
     with open(files[-1]) as f:
         return json.load(f)
+
+
+def write_demo_contact_sheet(config: str, checkpoint: Optional[str],
+                             work_dir: str, data_root: str,
+                             split: str = 'val') -> str:
+    """Predict every ``split`` sample of ``config`` with ``checkpoint``
+    through the Runner's test loop and draw the contact sheet (see
+    ``ris_plugins.visualization.contact_sheet``).
+
+    Args:
+        config (str): Config file.
+        checkpoint (str, optional): Weights; None keeps the random
+            initialisation (tests).
+        work_dir (str): The sheet goes to ``<work_dir>/contact_sheet.png``
+            (the run's logs under ``<work_dir>/contact_sheet/``).
+        data_root (str): RefShapes root (relative to the repository).
+        split (str): Dataset split of the val dataloader to draw.
+
+    Returns:
+        str: Path of the PNG.
+    """
+    from mmengine.config import Config
+
+    from ris_plugins.visualization import (collect_predictions,
+                                           write_contact_sheet)
+    cfg = Config.fromfile(config)
+    cfg.work_dir = osp.join(work_dir, 'contact_sheet')
+    loader = cfg.val_dataloader
+    loader.dataset.split = split
+    loader.dataset.data_root = osp.join(ROOT, data_root)
+    cfg.test_dataloader = loader
+    cfg.visualizer.name = f'contact_sheet_{time.time()}'
+    records = collect_predictions(cfg, checkpoint)
+    out = osp.join(work_dir, 'contact_sheet.png')
+    placements = write_contact_sheet(records, out)
+    for p in placements:
+        rec = records[p['index']]
+        print(f"  {p['label']:>8}: IoU {100 * p['iou']:5.1f}%  "
+              f"ref {rec.get('ref_id')}  \"{rec.get('text')}\"")
+    return out
 
 
 def main() -> None:
@@ -121,9 +163,14 @@ def main() -> None:
                                           for m in METRICS) + ' |')
     gap = rows['val']['mIoU'] - rows['val, shuffled sentences']['mIoU']
     print(f'\nval mIoU drop with shuffled sentences: {gap:.2f} points')
+    start = time.time()
+    print('\nContact sheet of val predictions (4 best, 4 worst, 8 random):')
+    sheet = write_demo_contact_sheet(config, ckpt, work_dir, args.data_root)
+    times['contact sheet'] = time.time() - start
     print('Wall time: ' + ', '.join(f'{k} {v:.0f} s'
                                      for k, v in times.items()) +
           f'; total {sum(times.values()):.0f} s')
+    print(f'Contact sheet: {sheet}')
 
 
 if __name__ == '__main__':

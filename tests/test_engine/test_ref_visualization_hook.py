@@ -13,7 +13,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.runner import Runner
+from mmengine.runner import Runner, save_checkpoint
 from mmengine.structures import PixelData
 
 from mmseg.structures import SegDataSample
@@ -204,7 +204,7 @@ def test_mim_test_show_dir(refshapes_root, tmp_path):
     cfg = tiny_lavt_cfg(refshapes_root, work)
     runner = Runner.from_cfg(cfg)
     ckpt = str(tmp_path / 'random.pth')
-    runner.save_checkpoint(str(tmp_path), 'random.pth')
+    save_checkpoint({'state_dict': runner.model.state_dict()}, ckpt)
     cfg_path = str(tmp_path / 'lavt_tiny.py')
     cfg.dump(cfg_path)
     show = str(tmp_path / 'show')
