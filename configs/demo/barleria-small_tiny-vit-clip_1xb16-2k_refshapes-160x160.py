@@ -30,7 +30,7 @@ model = dict(
         # (the 1 / 4 / 7 / 10 of 12 scaled to 6 blocks); 10 x 10 grid.
         side_net=dict(
             type='GSTSideNet',
-            clip_dim=64,
+            visual_dim=64,
             text_dim=64,
             width=48,
             depth=4,

@@ -25,7 +25,7 @@ TINY_SNF = dict(type='SNF', visual_dim=32, text_dim=24, visual_layers=4,
                 text_layers=4, flow_length=4)
 TINY_LIM = dict(type='LIMPrompts', visual_dim=32, text_dim=24, hidden_dim=8,
                 text_to_vision=True, vision_to_text=True)
-TINY_GST = dict(type='GSTSideNet', clip_dim=32, text_dim=24, width=12,
+TINY_GST = dict(type='GSTSideNet', visual_dim=32, text_dim=24, width=12,
                 depth=2, num_heads=3, num_queries=4,
                 fusion_map=((1, 0), (2, 1), (3, 2)), grid=4, out_dim=16)
 LIM_HOOK = dict(after=(0, 0), module=TINY_LIM)

@@ -334,8 +334,8 @@ def test_etris_config_full_size_trainable_parameters():
 # gives 16^2, 8^2, 4^2, 2^2 maps.
 TINY_RN = dict(type='CLIPResNet', base_channels=8, stage_blocks=(1, 1, 1, 1),
                input_size=64, num_attn_heads=2, output_dim=16)
-TINY_BRIDGER_RN = dict(type='BridgerRN', vis_dims=(64, 128, 256), txt_dim=24,
-                       d_model=8, num_heads=2, ffn_dim=16)
+TINY_BRIDGER_RN = dict(type='BridgerRN', visual_dim=(64, 128, 256),
+                       text_dim=24, d_model=8, num_heads=2, ffn_dim=16)
 RN_TRAINABLE = ('attnpool.positional_embedding', 'position_embedding')
 ETRIS_RN_CFGS = {
     r: osp.join(ROOT, 'configs', 'etris',
@@ -418,17 +418,17 @@ def test_resnet_runner_bad_input():
                        r'are 0\.\.3'):
         tiny_rn_backbone(interactions=[dict(
             after=[(1, 2), (2, 3), (4, 4)], module=TINY_BRIDGER_RN)])
-    with pytest.raises(ValueError, match=r'BridgerRN.vis_dims\[1\]=100 '
+    with pytest.raises(ValueError, match=r'BridgerRN.visual_dim\[1\]=100 '
                        'does not match the visual tower width 128 at hook '
                        r'point \(2, 3\)'):
         tiny_rn_backbone(interactions=[dict(
             after=[(1, 2), (2, 3), (3, 4)],
-            module=dict(TINY_BRIDGER_RN, vis_dims=(64, 100, 256)))])
-    with pytest.raises(ValueError, match='txt_dim=512 does not match the '
+            module=dict(TINY_BRIDGER_RN, visual_dim=(64, 100, 256)))])
+    with pytest.raises(ValueError, match='text_dim=512 does not match the '
                        'text tower width 24'):
         tiny_rn_backbone(interactions=[dict(
             after=[(1, 2), (2, 3), (3, 4)],
-            module=dict(TINY_BRIDGER_RN, txt_dim=512))])
+            module=dict(TINY_BRIDGER_RN, text_dim=512))])
     with pytest.raises(ValueError, match='shortcuts .*needs a CLIPViT'):
         tiny_rn_backbone(shortcuts=dict(type='SNF'))
     with pytest.raises(ValueError, match='LIMPrompts edits the token '

@@ -9,7 +9,7 @@ from ris_plugins.models.adapters.side_vit_block import (FeedbackDecoder,
                                                         SideViTBlock)
 
 SMALL = dict(
-    clip_dim=16,
+    visual_dim=16,
     text_dim=12,
     width=24,
     depth=3,
@@ -239,7 +239,7 @@ def test_bad_input():
         net(img, {k: feats[k] for k in (1, 2)}, txt, pad)
     with pytest.raises(
             ValueError, match='width 20 but GSTSideNet '
-            'clip_dim=16'):
+            'visual_dim=16'):
         net(img, {**feats, 2: torch.randn(2, 16, 20)}, txt, pad)
     with pytest.raises(ValueError, match=r'\(B, L, 12\)'):
         net(img, feats, torch.randn(2, 5, 7), pad)

@@ -212,8 +212,8 @@ def test_bridger_rn_full_size_params():
 def tiny_bridger(**kw):
     torch.manual_seed(0)
     return BridgerRN(
-        vis_dims=(8, 16, 32),
-        txt_dim=12,
+        visual_dim=(8, 16, 32),
+        text_dim=12,
         d_model=8,
         num_heads=2,
         ffn_dim=16,
@@ -304,7 +304,7 @@ def test_bridger_rn_bad_input():
     with pytest.raises(ValueError, match='multiples of the stage stride'):
         br(0, torch.randn(2, 8, 7, 7), txt, pad)
     with pytest.raises(ValueError, match='one entry per stage'):
-        BridgerRN(vis_dims=(8, 16), strides=(2, 1, 2))
+        BridgerRN(visual_dim=(8, 16), strides=(2, 1, 2))
     with pytest.raises(ValueError, match="'down' or 'up'"):
         BridgerRN(zoom_modes=('down', 'down', 'sideways'))
 

@@ -48,21 +48,22 @@ class BridgerRNStage(nn.Module):
     ``mode='up'``: zoom-in ConvTranspose, zoom-out Conv (all bias-free).
     """
 
-    def __init__(self, vis_dim: int, txt_dim: int, d_model: int, stride: int,
-                 mode: str, num_heads: int, ffn_dim: int, dropout: float):
+    def __init__(self, visual_dim: int, text_dim: int, d_model: int,
+                 stride: int, mode: str, num_heads: int, ffn_dim: int,
+                 dropout: float):
         super().__init__()
         down = dict(kernel_size=stride, stride=stride, bias=False)
         if mode == 'down':
-            self.zoom_in = nn.Conv2d(vis_dim, d_model, **down)
-            self.zoom_out = nn.ConvTranspose2d(d_model, vis_dim, **down)
+            self.zoom_in = nn.Conv2d(visual_dim, d_model, **down)
+            self.zoom_out = nn.ConvTranspose2d(d_model, visual_dim, **down)
         elif mode == 'up':
-            self.zoom_in = nn.ConvTranspose2d(vis_dim, d_model, **down)
-            self.zoom_out = nn.Conv2d(d_model, vis_dim, **down)
+            self.zoom_in = nn.ConvTranspose2d(visual_dim, d_model, **down)
+            self.zoom_out = nn.Conv2d(d_model, visual_dim, **down)
         else:
             raise ValueError(f"zoom mode must be 'down' or 'up', got "
                              f'{mode!r}')
-        self.txt_in = nn.Linear(txt_dim, d_model)
-        self.txt_out = nn.Linear(d_model, txt_dim)
+        self.txt_in = nn.Linear(text_dim, d_model)
+        self.txt_out = nn.Linear(d_model, text_dim)
         self.fusion_v = build_interactor(d_model, num_heads, ffn_dim, dropout)
         self.fusion_t = build_interactor(d_model, num_heads, ffn_dim, dropout)
 
@@ -94,9 +95,10 @@ class BridgerRN(BaseModule):
     428,992 + 297,920 + 1,215,168 = 1,942,080.
 
     Args:
-        vis_dims (sequence of int): C_s per stage. Defaults to
-            (512, 1024, 2048).
-        txt_dim (int): Text width. Defaults to 512.
+        visual_dim (sequence of int): C_s, the visual width at each stage
+            (one per hook point; the tower-adapter protocol of
+            :class:`DualEncoderBackbone`). Defaults to (512, 1024, 2048).
+        text_dim (int): C_t, the text width. Defaults to 512.
         d_model (int): Bridge width d. Defaults to 64.
         num_heads (int): Interactor heads (ETRIS RN: 4). Defaults to 4.
         strides (sequence of int): Resampling factor per stage. Defaults
@@ -115,8 +117,8 @@ class BridgerRN(BaseModule):
     """
 
     def __init__(self,
-                 vis_dims: Sequence[int] = (512, 1024, 2048),
-                 txt_dim: int = 512,
+                 visual_dim: Sequence[int] = (512, 1024, 2048),
+                 text_dim: int = 512,
                  d_model: int = 64,
                  num_heads: int = 4,
                  strides: Sequence[int] = (2, 1, 2),
@@ -126,21 +128,22 @@ class BridgerRN(BaseModule):
                  mask_padding: bool = True,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
-        if not len(vis_dims) == len(strides) == len(zoom_modes):
+        if not len(visual_dim) == len(strides) == len(zoom_modes):
             raise ValueError(
-                f'vis_dims ({len(vis_dims)}), strides ({len(strides)}) and '
-                f'zoom_modes ({len(zoom_modes)}) need one entry per stage')
-        self.vis_dims = tuple(vis_dims)
-        self.txt_dim = txt_dim
+                f'visual_dim ({len(visual_dim)}), strides ({len(strides)}) '
+                f'and zoom_modes ({len(zoom_modes)}) need one entry per '
+                f'stage')
+        self.visual_dim = tuple(visual_dim)
+        self.text_dim = text_dim
         self.mask_padding = mask_padding
         self.stages = nn.ModuleList(
-            BridgerRNStage(c, txt_dim, d_model, s, m, num_heads, ffn_dim,
+            BridgerRNStage(c, text_dim, d_model, s, m, num_heads, ffn_dim,
                            dropout)
-            for c, s, m in zip(vis_dims, strides, zoom_modes))
+            for c, s, m in zip(visual_dim, strides, zoom_modes))
         self.ladder_v = nn.ModuleList(
-            nn.LayerNorm(d_model) for _ in range(len(vis_dims) - 1))
+            nn.LayerNorm(d_model) for _ in range(len(visual_dim) - 1))
         self.ladder_t = nn.ModuleList(
-            nn.LayerNorm(d_model) for _ in range(len(vis_dims) - 1))
+            nn.LayerNorm(d_model) for _ in range(len(visual_dim) - 1))
         self._init_etris()
 
     @property
@@ -166,13 +169,13 @@ class BridgerRN(BaseModule):
         if not 0 <= stage < self.num_stages:
             raise ValueError(f'BridgerRN has stages '
                              f'{list(range(self.num_stages))}, got {stage}')
-        if vis.dim() != 4 or vis.shape[1] != self.vis_dims[stage]:
+        if vis.dim() != 4 or vis.shape[1] != self.visual_dim[stage]:
             raise ValueError(
-                f'stage {stage} expects vision (B, {self.vis_dims[stage]}, '
+                f'stage {stage} expects vision (B, {self.visual_dim[stage]}, '
                 f'H, W), got {tuple(vis.shape)}')
-        if txt.dim() != 3 or txt.shape[-1] != self.txt_dim:
-            raise ValueError(f'text must be (B, L, {self.txt_dim}) '
-                             f'(txt_dim), got {tuple(txt.shape)}')
+        if txt.dim() != 3 or txt.shape[-1] != self.text_dim:
+            raise ValueError(f'text must be (B, L, {self.text_dim}) '
+                             f'(text_dim), got {tuple(txt.shape)}')
         if stage > 0 and prev is None:
             raise ValueError(f'stage {stage} needs the ladder state `prev` '
                              f'returned by stage {stage - 1}')
@@ -190,14 +193,14 @@ class BridgerRN(BaseModule):
         Args:
             stage (int): 0, 1 or 2 (after ResNet layer2 / layer3 / layer4).
             vis (Tensor): (B, C_s, H_s, W_s) visual map.
-            txt (Tensor): (B, L, txt_dim) text tokens.
+            txt (Tensor): (B, L, text_dim) text tokens.
             pad_mask (Tensor, optional): (B, L) bool, True = padding.
             prev (tuple, optional): ladder state returned by stage - 1;
                 None at stage 0 (ignored there).
 
         Returns:
             tuple: vis + residual (B, C_s, H_s, W_s), txt + residual
-            (B, L, txt_dim), and the ladder state (v (B, N, d),
+            (B, L, text_dim), and the ladder state (v (B, N, d),
             t (B, L, d)) for the next stage.
 
         Raises:

@@ -63,7 +63,8 @@ class GSTSideNet(BaseModule):
     prompt 21,168, 4 fusions 449,088, out_proj 74,240; total 3,126,848.
 
     Args:
-        clip_dim (int): Width of the CLIP features (768 for ViT-B/16).
+        visual_dim (int): C_v, width of the CLIP visual features (768 for
+            ViT-B/16).
         text_dim (int): Width of the text tokens (CLIP ``ln_final`` output,
             512).
         width (int): Side width C. Defaults to 144.
@@ -98,7 +99,7 @@ class GSTSideNet(BaseModule):
     """
 
     def __init__(self,
-                 clip_dim: int = 768,
+                 visual_dim: int = 768,
                  text_dim: int = 512,
                  width: int = 144,
                  depth: int = 8,
@@ -119,7 +120,8 @@ class GSTSideNet(BaseModule):
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         self.side_to_clip = self._check_fusion_map(fusion_map, depth)
-        self.clip_dim, self.text_dim, self.width = clip_dim, text_dim, width
+        self.visual_dim, self.text_dim = visual_dim, text_dim
+        self.width = width
         self.depth, self.num_queries, self.grid = depth, num_queries, grid
         self.out_dim = out_dim
         self.batch_axis_prior = batch_axis_prior
@@ -145,7 +147,7 @@ class GSTSideNet(BaseModule):
         self.decoders = nn.ModuleList(
             FeedbackDecoder(width) for _ in range(depth))
         self.fusions = nn.ModuleDict({
-            str(side): AddFusion(clip_dim, width)
+            str(side): AddFusion(visual_dim, width)
             for side in self.side_to_clip
         })
         self.out_proj = nn.Linear(width, out_dim)
@@ -194,7 +196,7 @@ class GSTSideNet(BaseModule):
 
     def _clip_map(self, clip_feats: Dict[int, Tensor], clip_idx: int,
                   batch: int) -> Tensor:
-        """clip_feats[clip_idx] as (B, clip_dim, H, W)."""
+        """clip_feats[clip_idx] as (B, visual_dim, H, W)."""
         if clip_idx not in clip_feats:
             raise KeyError(f'GSTSideNet needs the output of CLIP block '
                            f'{clip_idx} (needs {self.clip_blocks}); got keys '
@@ -211,9 +213,9 @@ class GSTSideNet(BaseModule):
             raise ValueError(f'clip_feats[{clip_idx}] must be (B, N, C) or '
                              f'(B, C, H, W) with B={batch}, got '
                              f'{tuple(clip_feats[clip_idx].shape)}')
-        if f.shape[1] != self.clip_dim:
+        if f.shape[1] != self.visual_dim:
             raise ValueError(f'clip_feats[{clip_idx}] has width {f.shape[1]} '
-                             f'but GSTSideNet clip_dim={self.clip_dim}')
+                             f'but GSTSideNet visual_dim={self.visual_dim}')
         return f
 
     def _fuse(self, side_idx: int, x: Tensor, clip_feats: Dict[int, Tensor],
@@ -317,8 +319,8 @@ class GSTSideNet(BaseModule):
                 sees (H, W multiples of ``patch_size``).
             clip_feats (dict[int, Tensor]): CLIP block outputs keyed by
                 1-based block index (at least :attr:`clip_blocks`), each
-                patch tokens (B, H'*W', clip_dim) (no CLS, no prompts) or
-                (B, clip_dim, H', W').
+                patch tokens (B, H'*W', visual_dim) (no CLS, no prompts) or
+                (B, visual_dim, H', W').
             text_feats (Tensor): (B, L, text_dim) CLIP text ``ln_final``
                 word features.
             pad_mask (Tensor, optional): (B, L) bool, True = padding.

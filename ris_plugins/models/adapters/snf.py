@@ -99,7 +99,8 @@ class SNF(BaseModule):
                  init: float = 0.01,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
-        self.dims = dict(visual=visual_dim, text=text_dim)
+        # Tower-adapter protocol (DualEncoderBackbone): the widths built for.
+        self.visual_dim, self.text_dim = visual_dim, text_dim
         self.depths = dict(visual=visual_layers, text=text_layers)
 
         def flows(dim: int, n: int) -> nn.ModuleList:
@@ -126,10 +127,10 @@ class SNF(BaseModule):
                 raise ValueError(
                     f'SNF {tower}_layers={self.depths[tower]} but the '
                     f'{tower} tower has {n} blocks')
-            if d != self.dims[tower]:
-                raise ValueError(
-                    f'SNF {tower}_dim={self.dims[tower]} but the {tower} '
-                    f'tower is {d} wide')
+            width = getattr(self, f'{tower}_dim')
+            if d != width:
+                raise ValueError(f'SNF {tower}_dim={width} but the {tower} '
+                                 f'tower is {d} wide')
 
     def shortcuts(self, tower: str,
                   index: int) -> Tuple[ShortcutFlow, ShortcutFlow]:

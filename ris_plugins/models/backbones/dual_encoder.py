@@ -2,7 +2,7 @@
 by layer, together, with adapters called at named hook points (ETRIS,
 BarLeRIa). This module is the runner: hook points, validation, freezing
 and the forward loop; stepping each tower is in ``_dual_encoder/``."""
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 from mmengine.model import BaseModule
@@ -18,10 +18,84 @@ from ._dual_encoder.vit_tower import ViTTower
 from .clip_resnet import CLIPResNet
 from .clip_vit import CLIPViT
 
-__all__ = ['DualEncoderBackbone', 'DualEncoderOutput', 'DualEncoderState']
+__all__ = [
+    'DualEncoderBackbone', 'DualEncoderOutput', 'DualEncoderState',
+    'VISUAL_TOWER_DRIVERS', 'register_visual_tower'
+]
 
-# Visual tower class -> its driver (``_dual_encoder/__init__.py``).
-VISUAL_DRIVERS = ((CLIPViT, ViTTower), (CLIPResNet, ResNetTower))
+#: Visual tower class -> the driver that steps it block by block (the driver
+#: interface is in ``_dual_encoder/__init__.py``). Add a tower with
+#: :func:`register_visual_tower`; a subclass of a registered tower uses its
+#: parent's driver unless it has its own.
+VISUAL_TOWER_DRIVERS: Dict[type, type] = {}
+#: What a driver must define (``_dual_encoder/__init__.py``).
+DRIVER_API = ('layout', 'vis_prefix', 'widths', 'embed', 'run_block', 'tap',
+              'levels')
+LAYOUTS = ('tokens', 'map')
+
+
+def register_visual_tower(tower_cls: type,
+                          force: bool = False) -> Callable[[type], type]:
+    """Class decorator registering a driver for visual towers of class
+    ``tower_cls`` (and its subclasses) in :class:`DualEncoderBackbone`,
+    e.g. ``@register_visual_tower(MyViT) class MyViTTower: ...``.
+
+    Args:
+        tower_cls (type): The visual tower's ``nn.Module`` class (what
+            ``MODELS.build(visual)`` returns).
+        force (bool): Replace an existing driver for ``tower_cls``.
+
+    Returns:
+        Callable: The decorator; it returns the driver unchanged.
+
+    Raises:
+        TypeError: The driver lacks part of :data:`DRIVER_API` (names the
+            missing members) or has a ``layout`` outside ``'tokens'`` /
+            ``'map'``.
+        KeyError: ``tower_cls`` already has a driver and ``force`` is
+            False (names both drivers).
+    """
+
+    def register(driver: type) -> type:
+        missing = [m for m in DRIVER_API if not hasattr(driver, m)]
+        if missing:
+            raise TypeError(f'{driver.__name__} is not a visual tower '
+                            f'driver: it lacks {missing} (needs all of '
+                            f'{list(DRIVER_API)})')
+        if driver.layout not in LAYOUTS:
+            raise TypeError(f'{driver.__name__}.layout={driver.layout!r}; '
+                            f'valid: {LAYOUTS}')
+        old = VISUAL_TOWER_DRIVERS.get(tower_cls)
+        if old is not None and old is not driver and not force:
+            raise KeyError(f'{tower_cls.__name__} already has the driver '
+                           f'{old.__name__}; pass force=True to replace it '
+                           f'with {driver.__name__}')
+        VISUAL_TOWER_DRIVERS[tower_cls] = driver
+        return driver
+
+    return register
+
+
+register_visual_tower(CLIPViT)(ViTTower)
+register_visual_tower(CLIPResNet)(ResNetTower)
+
+
+def visual_tower_driver(tower: nn.Module) -> type:
+    """The registered driver of ``tower``'s class or its nearest
+    registered base class.
+
+    Raises:
+        TypeError: No driver is registered for the class or any base
+            (names the class and the registered ones).
+    """
+    for cls in type(tower).__mro__:
+        if cls in VISUAL_TOWER_DRIVERS:
+            return VISUAL_TOWER_DRIVERS[cls]
+    known = sorted(c.__name__ for c in VISUAL_TOWER_DRIVERS)
+    raise TypeError(
+        f'DualEncoderBackbone has no driver for the visual tower '
+        f'{type(tower).__name__}; registered towers: {known} (add one with '
+        f'ris_plugins.models.backbones.register_visual_tower)')
 
 
 def _pairs(after) -> List[Tuple[int, int]]:
@@ -44,7 +118,9 @@ class DualEncoderBackbone(FrozenEvalMixin, BaseModule):
     mmpretrain's ``ModifiedResNet``, and :class:`RefCLIPTextEncoder` on
     ``transformers``); nothing of CLIP is copied. Stepping each tower one
     block at a time is in ``_dual_encoder/`` (``vit_tower.py``,
-    ``resnet_tower.py``, ``text_tower.py``).
+    ``resnet_tower.py``, ``text_tower.py``); another visual tower is added
+    by registering a driver for its class with
+    :func:`register_visual_tower` (``VISUAL_TOWER_DRIVERS``).
 
     **ResNet visual tower** (ETRIS RN50 / RN101, ``ris_methods.md`` 3.3):
     the stem and ``layer1`` are the "embedding" (visual block 0, (B, 4w,
@@ -74,6 +150,14 @@ class DualEncoderBackbone(FrozenEvalMixin, BaseModule):
       written back and ``carry`` (None at step 0) is handed to the
       module's next step (ETRIS's ladder).
 
+    **Tower-adapter protocol.** Interaction modules, the shortcut module
+    and the side network declare the widths they were built for with one
+    spelling: ``visual_dim`` (an int, the visual width at every hook point
+    / tap, or a sequence with one width per hook point, e.g.
+    :class:`BridgerRN`) and ``text_dim`` (an int). They are compared with
+    the towers at build time (a shortcut module with ``check_towers``
+    checks itself, depths included).
+
     **Shortcuts** (optional, e.g. :class:`SNF`): a module with
     ``shortcuts(tower, i) -> (s1, s2)`` (tower 'visual' / 'text', 0-based
     block i; ``None`` keeps the block unchanged) replacing the block's two
@@ -83,9 +167,9 @@ class DualEncoderBackbone(FrozenEvalMixin, BaseModule):
     towers as ``out, aux = side_net(img, clip_feats, words, pad_mask)``
     with ``clip_feats`` = {1-based visual block: (B, h * w, C_v) patch
     tokens} for the blocks in its ``clip_blocks`` (or ``side_taps``), the
-    final words (B, L', C_t) and pad mask; ``out`` (B, D_s, h, w) is appended to
-    the visual levels and ``aux * side_loss_weight`` is returned as
-    ``losses['loss_side']``.
+    final words (B, L', C_t) and pad mask; ``out`` (B, D_s, h, w) is
+    appended to the visual levels and ``aux * side_loss_weight`` is
+    returned as ``losses['loss_side']``.
 
     **Outputs** (:class:`DualEncoderOutput`): the patch maps after the
     ``visual_taps`` blocks (after the adapters hooked there), the final map
@@ -124,16 +208,17 @@ class DualEncoderBackbone(FrozenEvalMixin, BaseModule):
         init_cfg (dict, optional): Initialisation config.
 
     Raises:
-        TypeError: The visual tower is neither a :class:`CLIPViT` nor a
-            :class:`CLIPResNet`, or the text tower has no ``transformers``
-            CLIP text model.
+        TypeError: No driver is registered for the visual tower's class
+            (:func:`register_visual_tower`; CLIPViT and CLIPResNet are), or
+            the text tower has no ``transformers`` CLIP text model.
         ValueError: A hook point or tap outside the towers (the message
             lists the valid range), hook points that go backwards in one
             tower, a module whose number of hook points does not match its
             ``num_stages``, a ``trainable`` entry that matches nothing,
             adapter / shortcut / side widths that do not match the towers
             (both numbers named), or shortcuts, a side network or a
-            ``forward_state`` module with a ResNet tower.
+            ``forward_state`` module with a tower stepped as a feature map
+            (layout 'map', e.g. CLIPResNet).
     """
 
     text_input = 'tokens'  # RefSegmentor calls backbone(img, tokens, mask)
@@ -153,21 +238,15 @@ class DualEncoderBackbone(FrozenEvalMixin, BaseModule):
         super().__init__(init_cfg=init_cfg)
         self.visual = MODELS.build(visual)
         self.text = MODELS.build(text)
-        drivers = [
-            d for cls, d in VISUAL_DRIVERS if isinstance(self.visual, cls)
-        ]
-        if not drivers:
-            raise TypeError(f'DualEncoderBackbone needs a CLIPViT or '
-                            f'CLIPResNet visual tower, got '
-                            f'{type(self.visual).__name__}')
+        self._tower = visual_tower_driver(self.visual)
         check_text_tower(self.text)
-        self._tower = drivers[0]
-        self.is_resnet = self._tower is ResNetTower
-        if self.is_resnet:
-            self._check_vit_only(shortcuts, side_net)
+        self.token_layout = self._tower.layout == 'tokens'
+        if not self.token_layout:
+            self._check_tokens_only(shortcuts, side_net)
         # Width after visual block 0 (embedding) .. N; token width (ViT).
-        self.visual_widths = self._tower.widths(self.visual)
-        self.visual_dim = None if self.is_resnet else self.visual.embed_dims
+        self.visual_widths = tuple(self._tower.widths(self.visual))
+        self.visual_dim = (self.visual_widths[-1]
+                           if self.token_layout else None)
         self.num_visual = len(self.visual_widths) - 1
         self.num_text = len(self.text.clip.text_model.encoder.layers)
         self.text_dim = self.text.clip.config.hidden_size
@@ -190,15 +269,16 @@ class DualEncoderBackbone(FrozenEvalMixin, BaseModule):
         self._freeze(trainable)
 
     # ---------------------------------------------------------------- build
-    @staticmethod
-    def _check_vit_only(shortcuts: Optional[dict],
-                        side_net: Optional[dict]) -> None:
-        """Shortcuts and side networks work on token blocks (ViT only)."""
+    def _check_tokens_only(self, shortcuts: Optional[dict],
+                           side_net: Optional[dict]) -> None:
+        """Shortcuts and side networks work on token blocks (layout
+        'tokens', e.g. CLIPViT)."""
         for name, cfg in (('shortcuts', shortcuts), ('side_net', side_net)):
             if cfg is not None:
                 raise ValueError(
-                    f'{name} ({cfg.get("type")}) needs a CLIPViT visual '
-                    f'tower (token blocks); this one is a CLIPResNet')
+                    f'{name} ({cfg.get("type")}) needs a CLIPViT-like '
+                    f'visual tower (token blocks); this one is a '
+                    f'{type(self.visual).__name__} (a feature map)')
 
     @staticmethod
     def _check_block(what: str, index: int, depth: int, low: int = 0):
@@ -218,38 +298,51 @@ class DualEncoderBackbone(FrozenEvalMixin, BaseModule):
         for v in taps:
             self._check_block('side_net taps', v, self.num_visual, low=1)
         self.side_taps = tuple(taps)
-        for attr, expected in (('clip_dim', self.visual_dim), ('text_dim',
-                                                               self.text_dim)):
-            got = getattr(self.side_net, attr, None)
-            if got is not None and got != expected:
-                raise ValueError(f'side_net.{attr}={got} does not match '
-                                 f'the encoder width {expected}')
+        self._check_module_widths(self.side_net,
+                                  [(v, None) for v in self.side_taps],
+                                  name='side_net')
 
-    def _check_module_widths(self, module: nn.Module,
-                             points: List[Tuple[int, int]]) -> None:
-        """Compare an adapter's declared widths with the towers' at its
-        hook points: ``visual_dim`` (one width) or ``vis_dims`` (one per
-        step), ``text_dim`` / ``txt_dim``."""
-        name = type(module).__name__
-        for attr in ('text_dim', 'txt_dim'):
-            got = getattr(module, attr, None)
-            if isinstance(got, int) and got != self.text_dim:
-                raise ValueError(f'{name}.{attr}={got} does not match the '
-                                 f'text tower width {self.text_dim}')
-        single = getattr(module, 'visual_dim', None)
-        per_step = getattr(module, 'vis_dims', None)
-        for k, (v, t) in enumerate(points):
-            if isinstance(single, int):
-                attr, got = 'visual_dim', single
-            elif per_step is not None and k < len(per_step):
-                attr, got = f'vis_dims[{k}]', per_step[k]
-            else:
-                continue
+    def _check_module_widths(self,
+                             module: nn.Module,
+                             points: List[Tuple[int, Optional[int]]],
+                             name: Optional[str] = None) -> None:
+        """Tower-adapter protocol: compare a module's declared widths with
+        the towers' at its hook points ``(v, t)`` (``t`` None for side
+        network taps): ``visual_dim`` (an int for every point, or one per
+        point) and ``text_dim`` (an int). Undeclared widths are not
+        checked.
+
+        Raises:
+            ValueError: A width differs (names the module, the attribute,
+                both widths and the hook point), or a per-point
+                ``visual_dim`` has another length than ``points``.
+        """
+        name = name or type(module).__name__
+        text_dim = getattr(module, 'text_dim', None)
+        if isinstance(text_dim, int) and text_dim != self.text_dim:
+            raise ValueError(f'{name}.text_dim={text_dim} does not match the '
+                             f'text tower width {self.text_dim}')
+        visual_dim = getattr(module, 'visual_dim', None)
+        if visual_dim is None:
+            return
+        if isinstance(visual_dim, int):
+            per_point = [('visual_dim', visual_dim)] * len(points)
+        else:
+            if len(visual_dim) != len(points):
+                raise ValueError(
+                    f'{name}.visual_dim has {len(visual_dim)} widths but '
+                    f'the module is hooked at {len(points)} points '
+                    f'{points}')
+            per_point = [(f'visual_dim[{k}]', d)
+                         for k, d in enumerate(visual_dim)]
+        for (attr, got), (v, t) in zip(per_point, points):
             width = self.visual_widths[v]
             if got != width:
+                where = f'hook point ({v}, {t})' if t is not None else (
+                    f'visual block {v}')
                 raise ValueError(
                     f'{name}.{attr}={got} does not match the visual tower '
-                    f'width {width} at hook point ({v}, {t})')
+                    f'width {width} at {where}')
 
     def _build_interactions(self, interactions: Sequence[dict]) -> None:
         self.interactions = nn.ModuleList()
@@ -261,11 +354,11 @@ class DualEncoderBackbone(FrozenEvalMixin, BaseModule):
             module = MODELS.build(spec['module'])
             name = type(module).__name__
             points = _pairs(spec['after'])
-            if self.is_resnet and hasattr(module, 'forward_state'):
+            if not self.token_layout and hasattr(module, 'forward_state'):
                 raise ValueError(
                     f'{name} edits the token sequences (forward_state) and '
-                    f'needs a CLIPViT visual tower; this one is a '
-                    f'CLIPResNet')
+                    f'needs a CLIPViT-like visual tower; this one is a '
+                    f'{type(self.visual).__name__} (a feature map)')
             stages = getattr(module, 'num_stages', None)
             if stages is not None and stages != len(points):
                 raise ValueError(

@@ -2,7 +2,9 @@
 (``dual_encoder.py``, the layer-synchronous runner): the state the towers
 carry between blocks (``state.py``) and the code that steps each CLIP tower
 one block at a time (``vit_tower.py``, ``resnet_tower.py``,
-``text_tower.py``). Nothing here is registered.
+``text_tower.py``). The drivers are registered for their tower classes in
+``dual_encoder.py`` (:func:`register_visual_tower`), which is also how a
+new visual tower is added.
 
 A visual tower driver is a class of static methods taking the tower module
 itself (so no module reference is held twice):
