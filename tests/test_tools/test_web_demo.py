@@ -393,9 +393,15 @@ def test_browser_round_trip(web_demo, refshapes_root, tmp_path,
     Image.new('RGB', (400, 300), (90, 120, 150)).save(big)
     limits = web_demo.DemoLimits(max_pixels=100_000, max_bytes=2**20)
     app, _ = web_demo.build_app(inferencer, limits=limits)
-    port = free_port()
+    for attempt in range(3):  # another process may take the free port
+        port = free_port()
+        try:
+            web_demo.launch(app, '127.0.0.1', port, limits, block=False)
+            break
+        except OSError:
+            if attempt == 2:
+                raise
     url = f'http://127.0.0.1:{port}/'
-    web_demo.launch(app, '127.0.0.1', port, limits, block=False)
     driver = make_driver(browser, driver_path, str(tmp_path / 'profile'))
     try:
         # Generous: the machine may be shared with other test processes.
