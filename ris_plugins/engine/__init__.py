@@ -1,7 +1,7 @@
-from .hooks import (PTQHook, RNGStateHook, StrictLoadHook,
-                    TextInputCheckHook, calibrate_on_dataset)
+from .hooks import (PTQHook, RefSegVisualizationHook, RNGStateHook,
+                    StrictLoadHook, TextInputCheckHook, calibrate_on_dataset)
 
 __all__ = [
     'PTQHook', 'RNGStateHook', 'StrictLoadHook', 'TextInputCheckHook',
-    'calibrate_on_dataset'
+    'calibrate_on_dataset', 'RefSegVisualizationHook'
 ]
