@@ -212,3 +212,26 @@ def test_mim_test_show_dir(refshapes_root, tmp_path):
          work, '--show-dir', show, cwd=ROOT)
     files = [f for f in os.listdir(show) if f.endswith('.png')]
     assert len(files) == 8
+
+
+def test_val_pictures_through_backends_and_default_test_dir(tmp_path):
+    img = str(tmp_path / 'img1.png')
+    cv2.imwrite(img, np.zeros((4, 4, 3), np.uint8))
+    log_dir = str(tmp_path / 'work' / '20240101_000000')
+    RefSegLocalVisualizer.get_instance(
+        'test_val_vis', vis_backends=[dict(type='LocalVisBackend')],
+        save_dir=log_dir)  # as the Runner builds it without --show-dir
+    hook = RefSegVisualizationHook(draw=True)
+    runner = SimpleNamespace(iter=40, log_dir=log_dir)
+    # validation during training: per-iteration names, never overwritten
+    hook._after_iter(runner, 0, {}, [sample(img)], mode='val')
+    assert os.listdir(osp.join(log_dir, 'vis_data', 'vis_image')) == [
+        'val_img1_3_7_40.png']
+    # test without --show-dir: <log_dir>/vis_image/
+    hook.before_test(runner)
+    hook._after_iter(runner, 0, {}, [sample(img)], mode='test')
+    assert os.listdir(osp.join(log_dir, 'vis_image')) == ['img1_3_7.png']
+    # draw=False (no --show / --show-dir): nothing
+    quiet = RefSegVisualizationHook(out_dir=str(tmp_path / 'quiet'))
+    quiet._after_iter(runner, 0, {}, [sample(img)], mode='test')
+    assert not osp.exists(tmp_path / 'quiet')
