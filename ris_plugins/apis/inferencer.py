@@ -166,8 +166,9 @@ class RefSegInferencer(BaseInferencer):
             dict: ``predictions``: one dict per (image, sentence) pair in
             input order, with ``mask`` (H, W) uint8 in {0, 1} and ``prob``
             (H, W) float32 in [0, 1] at the image's original size, and
-            ``text``; ``visualization``: (H, W, 3) uint8 RGB overlays, one
-            per pair (an empty list unless ``return_vis``, ``out_dir`` or
+            ``text``; ``visualization``: uint8 RGB overlays (H, W, 3), or
+            (H + band, W, 3) with the caption band ``RefSegLocalVisualizer``
+            appends below the image, one per pair (an empty list unless ``return_vis``, ``out_dir`` or
             ``show``).
 
         Raises:
@@ -303,7 +304,7 @@ class RefSegInferencer(BaseInferencer):
                   show: bool = False,
                   wait_time: float = 0,
                   img_out_dir: str = '') -> List[np.ndarray]:
-        """Overlay of each pair, (H, W, 3) uint8 RGB, drawn by the
+        """Overlay of each pair, uint8 RGB, drawn by the
         config's visualizer: ``add_datasample(name, image, data_sample,
         draw_gt=False, draw_pred=True, ...)`` with the sentence in the
         data sample's metainfo ``text`` (a ``RefSegLocalVisualizer`` draws
