@@ -203,7 +203,7 @@ class GSTSideNet(BaseModule):
                            f'{sorted(clip_feats)}')
         f = clip_feats[clip_idx]
         if f.dim() == 3:  # (B, H*W, C) patch tokens of a square grid
-            side = int(round(f.shape[1]**0.5))
+            side = int(round(int(f.shape[1])**0.5))
             if side * side != f.shape[1]:
                 raise ValueError(f'clip_feats[{clip_idx}] has {f.shape[1]} '
                                  f'tokens, not a square grid; pass it as '

@@ -135,7 +135,8 @@ class CRISFPN(BaseModule):
         """
         self._check(visual, text)
         v3, v4, v5 = visual
-        size = v4.shape[-2:]  # stride 16
+        # plain ints, so traced exports (ONNX) see a constant pooling size
+        size = tuple(int(d) for d in v4.shape[-2:])  # stride 16
         s = self.text_proj(text.sent_feat)[:, :, None, None]  # (B, O5, 1, 1)
         f5 = self.gate_norm(self.v5_proj(v5) * s)  # (B, O5, H/32, W/32)
         f4 = self.f4_fuse(torch.cat(

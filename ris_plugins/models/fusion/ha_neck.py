@@ -141,7 +141,7 @@ class HANeck(BaseModule):
             q = f.flatten(2).permute(2, 0, 1)  # (h*w, B, C)
             g = gate(q, s, s, need_weights=False)[0]  # (h*w, B, C)
             fused.append((q * g).permute(1, 2, 0).reshape(b, c, h, w))
-        sizes = {tuple(f.shape[-2:]) for f in fused}
+        sizes = {tuple(int(d) for d in f.shape[-2:]) for f in fused}
         if len(sizes) != 1:
             raise ValueError(f'HANeck levels disagree in size after '
                              f'resampling: {sorted(sizes)} (check strides)')

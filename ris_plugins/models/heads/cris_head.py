@@ -1,6 +1,7 @@
 """CRIS's decoder + text-conditioned projector as an mmseg decode head."""
 from typing import Optional, Sequence
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
@@ -64,10 +65,33 @@ class TextConditionedProjector(nn.Module):
         params = self.txt(sent)  # (B, C*k*k + 1)
         k = self.kernel_size
         weight = params[:, :-1].reshape(b, c, k, k)  # (B, C, k, k)
+        if torch.onnx.is_in_onnx_export():
+            return self._export_forward(x, weight, params[:, -1], k)
         out = F.conv2d(
             x.reshape(1, b * c, h, w), weight, bias=params[:, -1],
             padding=k // 2, groups=b)  # (1, B, 4h, 4w)
         return out.transpose(0, 1)  # (B, 1, 4h, 4w)
+
+    @staticmethod
+    def _export_forward(x: Tensor, weight: Tensor, bias: Tensor,
+                        k: int) -> Tensor:
+        """The per-sample convolution as a sum of k*k shifted products.
+
+        ONNX ``Conv`` takes ``group`` as a static attribute, so the grouped
+        convolution above (groups = B) would freeze the batch size into an
+        exported graph; this form has no batch-dependent attribute and
+        equals it up to float32 summation order (tested in
+        ``tests/test_deploy``). Shapes: x (B, C, H, W), weight (B, C, k, k),
+        bias (B,), k = kernel size -> (B, 1, H, W).
+        """
+        h, w = x.shape[-2:]
+        xp = F.pad(x, [k // 2] * 4)
+        out = bias[:, None, None]  # (B, 1, 1)
+        for i in range(k):
+            for j in range(k):
+                tap = xp[:, :, i:i + h, j:j + w]  # (B, C, H, W)
+                out = out + (tap * weight[:, :, i, j, None, None]).sum(1)
+        return out[:, None]  # (B, 1, H, W)
 
 
 @MODELS.register_module()

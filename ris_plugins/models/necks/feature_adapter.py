@@ -215,7 +215,7 @@ class FeatureAdapter(BaseModule):
     def _merge(self, maps: List[Tensor]) -> List[Tensor]:
         if self.merge == 'none':
             return maps
-        sizes = {tuple(x.shape[-2:]) for x in maps}
+        sizes = {tuple(int(d) for d in x.shape[-2:]) for x in maps}
         if len(sizes) != 1:
             raise ValueError(f'FeatureAdapter cannot {self.merge!r}-merge '
                              f'levels of different grids {sorted(sizes)} '

@@ -1,0 +1,557 @@
+"""Lower calibrated fake quantizers to ONNX QuantizeLinear/DequantizeLinear.
+
+Inside :func:`qdq_export_mode`, every layer that :func:`quantize_model`
+quantized exports its quantizers as standard QDQ pairs with the calibrated
+scales and zero points, so ONNX Runtime's QDQ fusion runs the layer as an
+integer kernel (QLinearConv, QLinearMatMul, QGemm). Nothing else gets QDQ:
+layers our calibration keeps FP, the attention-mask path (BERT's additive
+mask holds float32's minimum; quantizing it gives infinite scales and mIoU
+0) and every norm / softmax / residual stay float.
+
+Lowering per quantizer (``torch.fake_quantize_*`` is what the TorchScript
+exporter turns into QuantizeLinear -> DequantizeLinear):
+
+=====================================  =====================================
+quantizer                              ONNX
+=====================================  =====================================
+``UniformQuantizer`` weights           int8 QDQ per output channel (axis of
+(symmetric, per channel, b <= 8)       W^T for Linear, 0 for Conv); codes of
+                                       b < 8 bits lie in [-2^(b-1), 2^(b-1))
+                                       and are stored as INT4 for b <= 4
+                                       (:func:`fold_weight_quantizers`)
+``UniformQuantizer`` activations       per tensor: uint8 (asymmetric, zero
+(b <= 8)                               point z) or int8 (symmetric) QDQ;
+                                       per channel / head: the same with
+                                       ``axis``; b < 8: a float Clip to the
+                                       b-bit grid's range first, so the
+                                       8-bit container holds exactly the
+                                       b-bit grid of the simulation
+DRQ-softmax (twin uniform)             ``drq='exact'``: two uint8 QDQ (fine
+                                       and coarse grid) and a Where (or the
+                                       faithful sum of clamps); ``'int8'``:
+                                       one uint8 QDQ on [0, 1] (step 1/255)
+DRQ-GELU (twin uniform)                ``'exact'``: uint8 QDQ of the
+                                       positive part + int8 QDQ of the
+                                       negative part, summed; ``'int8'``: one
+                                       uint8 QDQ on [-0.17, (q-1)·Δ+]
+RORQ (banded)                          ``rorq='exact'``: the banded
+                                       arithmetic traced as float ops
+                                       (band id from the thresholds, Gather
+                                       of the band's step and zero point,
+                                       Round/Clip); ``'int8'``: one uint8
+                                       QDQ on the union of the bands' ranges
+=====================================  =====================================
+
+The exact lowerings reproduce the simulation (see ``tests/test_deploy``);
+their Linear inputs are not a single QDQ pair, so those Linears run in
+float. With ``'int8'`` they become ordinary 8-bit QDQ and the Linear can
+run as an integer kernel, at the accuracy measured in
+``projects/ptq4ris/README.md``.
+
+ONNX Runtime's CPU provider fuses ``DQ -> Conv/MatMul/Gemm`` into an
+integer kernel only when the output is quantized too (``-> Q``); our
+simulation keeps layer outputs in float. :func:`collect_output_ranges`
+therefore measures each quantized Linear / Conv output on calibration
+inputs and the export adds a uint8 output QDQ (min-max range) to layers
+whose input is a per-tensor 8-bit-container QDQ. That requantization is the
+only arithmetic the deployed model adds to the simulation
+(``output_qdq=False`` leaves it out; the layers then run in float).
+"""
+import contextlib
+import copy
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..quantization import functional as QF
+from ..quantization.quantize import QuantState
+from ..quantization.quantizers import (RORQQuantizer,
+                                       TwinUniformGELUQuantizer,
+                                       TwinUniformSoftmaxQuantizer,
+                                       UniformQuantizer)
+
+LOWERINGS = ('exact', 'int8')
+#: ONNX Runtime op types that run integer arithmetic.
+INTEGER_KERNELS = ('QLinearConv', 'QLinearMatMul', 'QGemm', 'MatMulInteger',
+                   'ConvInteger', 'MatMulIntegerToFloat',
+                   'DynamicQuantizeMatMul', 'MatMulNBits', 'QAttention',
+                   'DynamicQuantizeLSTM')
+FLOAT_KERNELS = ('Conv', 'MatMul', 'Gemm', 'FusedConv', 'FusedMatMul',
+                 'FusedGemm', 'NchwcConv')
+Range = Tuple[float, float]
+
+
+# ------------------------------------------------------------ primitives
+def _fq(x: Tensor, scale: Tensor, zero_point: Tensor, code_lo: Tensor,
+        code_hi: Tensor, axis: Optional[int], signed: bool) -> Tensor:
+    """QDQ of x in an 8-bit container (int8 if ``signed`` else uint8) on
+    the grid ``scale * (code - zero_point)``, codes in [code_lo, code_hi].
+
+    ``scale``, ``zero_point`` and the code bounds are () per tensor or
+    (C,) along ``axis``. When the code range is narrower than the
+    container, x is first clipped to the grid's range in float, so the
+    container holds exactly the narrower grid.
+    """
+    cmin, cmax = (-128, 127) if signed else (0, 255)
+    zp = zero_point.round().to(torch.int32)
+    scale = scale.float()
+    narrow = bool((code_lo > cmin).any() or (code_hi < cmax).any())
+    if narrow:
+        lo = (code_lo - zero_point) * scale
+        hi = (code_hi - zero_point) * scale
+        if axis is not None:
+            lo = QF.expand_param(lo, x, axis)
+            hi = QF.expand_param(hi, x, axis)
+        x = torch.maximum(torch.minimum(x, hi), lo)
+    if axis is None:
+        return torch.fake_quantize_per_tensor_affine(x, scale, zp, cmin, cmax)
+    return torch.fake_quantize_per_channel_affine(x, scale, zp,
+                                                  axis % x.dim(), cmin, cmax)
+
+
+def _const(v, like: Tensor) -> Tensor:
+    return torch.as_tensor(v, dtype=torch.float32, device=like.device)
+
+
+def _fits(zero_point: Tensor, lo: int, hi: int) -> bool:
+    return bool(((zero_point >= lo) & (zero_point <= hi)).all())
+
+
+def _uniform_act(q: UniformQuantizer, x: Tensor) -> Tensor:
+    qmax = 2**(q.bits - 1)
+    scale = q.scale
+    if q.symmetric:
+        zp = torch.zeros_like(scale)
+        lo, hi, signed = _const(-qmax, x), _const(qmax - 1, x), True
+    else:
+        zp = q.zero_point
+        lo, hi, signed = _const(0, x), _const(2**q.bits - 1, x), False
+        if not _fits(zp, 0, 255):  # faithful percentile: z may be < 0
+            return q.quantize(x)
+    axis = q.ch_axis
+    if axis is not None:
+        lo, hi = lo.expand_as(scale), hi.expand_as(scale)
+    return _fq(x, scale, zp, lo, hi, axis, signed)
+
+
+def _asym8(x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Plain 8-bit asymmetric per-tensor QDQ of x over [lo, hi]."""
+    scale, zp = QF.asym_qparams(lo, hi, 8)
+    return _fq(x, scale, zp, _const(0, x), _const(255, x), None, False)
+
+
+def _drq_softmax(q: TwinUniformSoftmaxQuantizer, x: Tensor,
+                 mode: str) -> Tensor:
+    if mode == 'int8':
+        return _asym8(x, _const(0, x), _const(1, x))
+    q1 = 2**(q.bits - 1) - 1
+    s = q.split.float()
+    zero, top = _const(0, x), _const(q1, x)
+    fine = lambda v: _fq(v, s / q1, zero, zero, top, None, False)  # noqa
+    coarse = lambda v: _fq(v, _const(1.0 / q1, x), zero, zero, top, None,
+                           False)  # noqa
+    if q.faithful:  # upstream sum of two clamped quantizers
+        return coarse(torch.clamp(torch.maximum(x, s), max=1.0)) + fine(
+            torch.minimum(torch.clamp(x, min=0.0), s))
+    return torch.where(x < s, fine(x), coarse(x))
+
+
+def _drq_gelu(q: TwinUniformGELUQuantizer, x: Tensor, mode: str) -> Tensor:
+    qn = 2**(q.bits - 1)
+    if mode == 'int8':
+        return _asym8(x, _const(-qn * q.neg_scale, x),
+                      (qn - 1) * q.pos_scale.float())
+    zero = _const(0, x)
+    pos = _fq(x, q.pos_scale.float(), zero, zero, _const(qn - 1, x), None,
+              False)
+    neg = _fq(x, _const(q.neg_scale, x), zero, _const(-qn, x), zero, None,
+              True)
+    return pos + neg
+
+
+def _rorq(q: RORQQuantizer, x: Tensor, mode: str) -> Tensor:
+    if mode == 'exact':
+        return q.quantize(x)
+    levels = 2**q.bits - 1
+    lo = ((0 - q.zero_points) * q.scales).min()
+    hi = ((levels - q.zero_points) * q.scales).max()
+    return _asym8(x, lo, hi)
+
+
+def lower_activation(q, x: Tensor, drq: str = 'exact',
+                     rorq: str = 'exact') -> Tensor:
+    """x through quantizer ``q`` as ONNX-exportable QDQ ops (see the module
+    docstring); ``q=None`` (FP input) returns x.
+
+    Raises:
+        ValueError: more than 8 bits, or a quantizer type without a
+            lowering, naming the quantizer.
+    """
+    if q is None or not q.enabled:
+        return x
+    if q.bits > 8:
+        raise ValueError(f'quantizer {q.name or type(q).__name__!r}: '
+                         f'{q.bits}-bit '
+                         'quantizers have no 8-bit ONNX lowering (<= 8 bits '
+                         'only)')
+    if isinstance(q, UniformQuantizer):
+        return _uniform_act(q, x)
+    if isinstance(q, TwinUniformSoftmaxQuantizer):
+        return _drq_softmax(q, x, drq)
+    if isinstance(q, TwinUniformGELUQuantizer):
+        return _drq_gelu(q, x, drq)
+    if isinstance(q, RORQQuantizer):
+        return _rorq(q, x, rorq)
+    raise ValueError(f'{q.name}: no ONNX lowering for {type(q).__name__}')
+
+
+def is_plain_qdq(q, drq: str = 'exact', rorq: str = 'exact') -> bool:
+    """Whether ``q`` lowers to one per-tensor QDQ pair in an 8-bit
+    container (what ONNX Runtime fuses into integer kernels)."""
+    if q is None or not q.enabled:
+        return False
+    if isinstance(q, UniformQuantizer):
+        return q.ch_axis is None and (q.symmetric or _fits(
+            q.zero_point, 0, 255))
+    if isinstance(q, (TwinUniformSoftmaxQuantizer,
+                      TwinUniformGELUQuantizer)):
+        return drq == 'int8'
+    return isinstance(q, RORQQuantizer) and rorq == 'int8'
+
+
+def _grid_weight(q: UniformQuantizer, weight: Tensor) -> Tuple[Tensor,
+                                                                 Tensor]:
+    """(the simulation's fake-quantized weight, per-output-channel scale
+    (C_out,)), computed outside any trace so the exporter stores them as
+    constants."""
+    if not (isinstance(q, UniformQuantizer) and q.symmetric and q.bits <= 8
+            and q.ch_axis in (None, 0)):
+        raise ValueError(f'{q.name}: weights lower to int8 QDQ only from a '
+                         'symmetric UniformQuantizer per tensor or per '
+                         f'output channel with <= 8 bits, got {q!r}')
+    with torch.no_grad():
+        w = q.quantize(weight).detach().clone()  # on the b-bit grid
+    scale = q.scale.detach().float().clone()
+    if scale.dim() == 0:
+        scale = scale.expand(w.shape[0]).contiguous()
+    return w, scale
+
+
+def _weight_qdq(layer, transpose: bool) -> Tensor:
+    """The layer's grid weight as an int8 QDQ per output channel (codes of
+    b < 8 bits stay in [-2^(b-1), 2^(b-1)); :func:`fold_weight_quantizers`
+    turns the Q of the constant into stored integers)."""
+    if '_export_weight' not in layer._buffers:  # weights kept FP
+        return layer.weight.t() if transpose else layer.weight
+    w, scale = layer._export_weight, layer._export_weight_scale
+    axis = 1 if transpose else 0  # Linear: stored as W^T (C_in, C_out)
+    zp = torch.zeros(scale.shape, dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(w, scale, zp, axis, -128,
+                                                  127)
+
+
+# --------------------------------------------------------------- layers
+def _out(y: Tensor, rng: Optional[Range]) -> Tensor:
+    if rng is None:
+        return y
+    return _asym8(y, _const(rng[0], y), _const(rng[1], y))
+
+
+def _linear_forward(layer, x: Tensor, rng, drq, rorq) -> Tensor:
+    x = lower_activation(layer.a_quantizer, x, drq, rorq)
+    w_t = _weight_qdq(layer, transpose=True)
+    y = torch.matmul(x, w_t)
+    if layer.bias is not None:
+        y = y + layer.bias
+    return _out(y, rng)
+
+
+def _conv_forward(layer, x: Tensor, rng, drq, rorq) -> Tensor:
+    x = lower_activation(layer.a_quantizer, x, drq, rorq)
+    w = _weight_qdq(layer, transpose=False)
+    return _out(layer._conv_forward(x, w, layer.bias), rng)
+
+
+def _matmul_forward(layer, a: Tensor, b: Tensor, drq, rorq) -> Tensor:
+    a = lower_activation(layer.a_quantizer, a, drq, rorq)
+    b = lower_activation(layer.b_quantizer, b, drq, rorq)
+    return a @ b
+
+
+def check_lowering(key: str, value: str) -> str:
+    """Raises ValueError naming ``key`` and the valid options."""
+    if value not in LOWERINGS:
+        raise ValueError(f'unknown {key}={value!r}; valid options: '
+                         f'{list(LOWERINGS)}')
+    return value
+
+
+def integer_layers(state: QuantState, drq: str = 'exact',
+                   rorq: str = 'exact') -> Dict[str, bool]:
+    """``{layer name: can run as an integer kernel}`` for the quantized
+    Linear / Conv layers: weights quantized and the input a per-tensor
+    8-bit-container QDQ."""
+    out = {}
+    for name, layer in state.layers.items():
+        if layer.KIND == 'MatMul':
+            continue
+        out[name] = (layer.w_quantizer is not None
+                     and layer.w_quantizer.enabled
+                     and is_plain_qdq(layer.a_quantizer, drq, rorq))
+    return out
+
+
+@contextlib.contextmanager
+def qdq_export_mode(state: QuantState,
+                    output_ranges: Optional[Dict[str, Range]] = None,
+                    drq: str = 'exact', rorq: str = 'exact',
+                    output_qdq: bool = True) -> Iterator[None]:
+    """Make every quantized layer of ``state`` forward through exportable
+    QDQ ops (module docstring) until the block exits.
+
+    Args:
+        state: from :func:`quantize_model`, calibrated (or loaded).
+        output_ranges: ``{layer: (min, max)}`` from
+            :func:`collect_output_ranges`; needed when ``output_qdq``.
+        drq, rorq: 'exact' or 'int8' lowering of DRQ / RORQ quantizers.
+        output_qdq: add the uint8 output QDQ to integer-capable layers.
+
+    Raises:
+        ValueError: an unknown lowering, an uncalibrated quantizer, or
+            missing output ranges, naming the layer.
+    """
+    check_lowering('drq', drq)
+    check_lowering('rorq', rorq)
+    for name, q in state.quantizers():
+        if not q.calibrated:
+            raise ValueError(f'quantizer {name!r} is not calibrated: '
+                             'calibrate or load parameters before export')
+    capable = integer_layers(state, drq, rorq)
+    patched = []
+    try:
+        for name, layer in state.layers.items():
+            rng = None
+            if output_qdq and capable.get(name):
+                if output_ranges is None or name not in output_ranges:
+                    raise ValueError(f'no output range for layer {name!r}:'
+                                     ' run collect_output_ranges first')
+                rng = output_ranges[name]
+            if layer.KIND == 'MatMul':
+                fwd = (lambda a, b, _l=layer: _matmul_forward(
+                    _l, a, b, drq, rorq))
+            elif layer.KIND == 'Linear':
+                fwd = (lambda x, _l=layer, _r=rng: _linear_forward(
+                    _l, x, _r, drq, rorq))
+            else:
+                fwd = (lambda x, _l=layer, _r=rng: _conv_forward(
+                    _l, x, _r, drq, rorq))
+            wq = getattr(layer, 'w_quantizer', None)
+            if wq is not None and wq.enabled:
+                # persistent buffers (the exporter's initializers), not
+                # constants: the tracer folds a QuantizeLinear of a
+                # constant back into float weights
+                w, scale = _grid_weight(wq, layer.weight)
+                if layer.KIND == 'Linear':
+                    w = w.t().contiguous()
+                layer.register_buffer('_export_weight', w)
+                layer.register_buffer('_export_weight_scale', scale)
+            layer.forward = fwd
+            patched.append(layer)
+        yield
+    finally:
+        for layer in patched:
+            layer.__dict__.pop('forward', None)
+            layer._buffers.pop('_export_weight', None)
+            layer._buffers.pop('_export_weight_scale', None)
+
+
+def collect_output_ranges(model: nn.Module, state: QuantState,
+                          inputs: Sequence[Sequence[Tensor]]
+                          ) -> Dict[str, Range]:
+    """(min, max) of every quantized Linear / Conv output over ``inputs``
+    (a list of ``(img, tokens, mask)``), running the fake-quantized model.
+
+    Raises:
+        ValueError: empty ``inputs`` or a non-finite output, naming the
+            layer.
+    """
+    if not inputs:
+        raise ValueError('collect_output_ranges needs at least one input')
+    ranges: Dict[str, list] = {}
+
+    def hook(name):
+        def fn(_m, _args, out):
+            lo, hi = float(out.min()), float(out.max())
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise ValueError(f'non-finite output of layer {name!r}')
+            r = ranges.setdefault(name, [lo, hi])
+            r[0], r[1] = min(r[0], lo), max(r[1], hi)
+        return fn
+
+    handles = [layer.register_forward_hook(hook(name))
+               for name, layer in state.layers.items()
+               if layer.KIND != 'MatMul']
+    try:
+        with torch.no_grad():
+            for img, tokens, mask in inputs:
+                model(img, tokens, mask)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: (v[0], v[1]) for k, v in ranges.items()}
+
+
+# ---------------------------------------------------------- ONNX passes
+def fold_weight_quantizers(graph_model, int4: bool = True) -> Dict[str, int]:
+    """Replace every ``QuantizeLinear`` of a constant (the weights) by its
+    integer result, in place, so the file stores int8 weights; with
+    ``int4``, weights whose codes all lie in [-8, 7] (<= 4-bit
+    quantizers) are stored as ONNX INT4 followed by a ``Cast`` to int8,
+    which ONNX Runtime constant-folds at load time (the model's opset is
+    raised to 21, the first with INT4).
+
+    Returns:
+        dict: ``{'int8': n, 'int4': n}`` weights folded.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    graph = graph_model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consts = {n.output[0]: n for n in graph.node if n.op_type == 'Constant'}
+
+    producers = {o: n for n in graph.node for o in n.output}
+
+    def value(name, depth=0):
+        """The constant value of tensor ``name`` (initializer, Constant,
+        or Cast / Identity / Round of one), else None."""
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        if name in consts:
+            return numpy_helper.to_array(consts[name].attribute[0].t)
+        node = producers.get(name)
+        if node is None or depth > 4 or node.op_type not in (
+                'Cast', 'Identity', 'Round'):
+            return None
+        v = value(node.input[0], depth + 1)
+        if v is None or node.op_type == 'Identity':
+            return v
+        if node.op_type == 'Round':
+            return np.rint(v)
+        to = next(a.i for a in node.attribute if a.name == 'to')
+        return v.astype(helper.tensor_dtype_to_np_dtype(to))
+
+    counts = {'int8': 0, 'int4': 0}
+    replace = {}  # id(QuantizeLinear node) -> Cast node or None
+    for node in graph.node:
+        if node.op_type != 'QuantizeLinear':
+            continue
+        x = value(node.input[0])
+        scale, zp = value(node.input[1]), value(node.input[2])
+        if x is None or scale is None or zp is None:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == 'axis'), 1)
+        shape = [1] * x.ndim
+        if scale.ndim:
+            shape[axis] = -1
+        info = np.iinfo(zp.dtype)
+        q = np.clip(np.rint(x / scale.reshape(shape)) + zp.reshape(shape),
+                    info.min, info.max).astype(zp.dtype)
+        out = node.output[0]
+        if int4 and zp.dtype == np.int8 and q.min() >= -8 and q.max() <= 7:
+            name = out + '_int4'
+            import ml_dtypes  # onnx's own dependency: packed int4
+            graph.initializer.append(numpy_helper.from_array(
+                q.astype(ml_dtypes.int4), name))  # 2 weights per byte
+            replace[id(node)] = helper.make_node('Cast', [name], [out],
+                                                 to=TensorProto.INT8)
+            counts['int4'] += 1
+        else:
+            graph.initializer.append(numpy_helper.from_array(q, out))
+            replace[id(node)] = None
+            counts['int8'] += 1
+    nodes = []  # same order, so the graph stays topologically sorted
+    for node in graph.node:
+        if id(node) not in replace:
+            nodes.append(node)
+        elif replace[id(node)] is not None:
+            nodes.append(replace[id(node)])
+    nodes = [copy.deepcopy(n) for n in nodes]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if counts['int4']:
+        _raise_opset(graph_model, 21)
+    _drop_unused(graph_model)
+    onnx.checker.check_model(graph_model)
+    return counts
+
+
+def _raise_opset(graph_model, opset: int) -> None:
+    from onnx import version_converter
+    converted = version_converter.convert_version(graph_model, opset)
+    del converted.graph.value_info[:]  # inferred shapes: only file size
+    graph_model.CopyFrom(converted)
+
+
+def _drop_unused(graph_model) -> None:
+    """Remove initializers and Constant nodes nothing reads any more."""
+    graph = graph_model.graph
+    used = {i for n in graph.node for i in n.input}
+    used |= {o.name for o in graph.output}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    for node in [n for n in graph.node if n.op_type == 'Constant'
+                 and n.output[0] not in used]:
+        graph.node.remove(node)
+
+
+def kernel_counts(optimized_path: str) -> Dict[str, int]:
+    """Op-type counts of an ONNX Runtime optimised graph
+    (``SessionOptions.optimized_model_filepath``) for the integer and float
+    Conv / MatMul / Gemm kernels: ``{op type: count}`` plus 'integer' and
+    'float' totals."""
+    import onnx
+    ops = [n.op_type for n in onnx.load(optimized_path).graph.node]
+    out = {t: ops.count(t) for t in INTEGER_KERNELS + FLOAT_KERNELS
+           if t in ops}
+    out['integer'] = sum(ops.count(t) for t in INTEGER_KERNELS)
+    out['float'] = sum(ops.count(t) for t in FLOAT_KERNELS)
+    return out
+
+
+def export_qdq(model: nn.Module, state: QuantState,
+               inputs: Sequence[Tensor], path: str,
+               range_inputs: Sequence[Sequence[Tensor]],
+               drq: str = 'exact', rorq: str = 'exact',
+               output_qdq: bool = True, int4: bool = True) -> dict:
+    """Export the calibrated fake-quantized ``model`` as a QDQ ONNX file.
+
+    Args:
+        model, state: the quantized model and its :class:`QuantState`.
+        inputs: example ``(img, tokens, mask)`` fixing H, W, L.
+        path: output ``.onnx`` file.
+        range_inputs: calibration inputs for the output ranges
+            (:func:`collect_output_ranges`; unused when not ``output_qdq``).
+        drq, rorq, output_qdq, int4: see :func:`qdq_export_mode` and
+            :func:`fold_weight_quantizers`.
+
+    Returns:
+        dict: ``folded`` (int8 / int4 weight counts), ``integer_capable``
+        (Linear / Conv layers lowered to a fusable QDQ pattern),
+        ``linear_conv`` (quantized Linear / Conv layers).
+    """
+    import onnx
+    from .export import export_onnx
+    ranges = (collect_output_ranges(model, state, range_inputs)
+              if output_qdq else None)
+    with qdq_export_mode(state, ranges, drq, rorq, output_qdq):
+        export_onnx(model, inputs, path, constant_folding=False)
+    graph_model = onnx.load(path)
+    folded = fold_weight_quantizers(graph_model, int4=int4)
+    onnx.save(graph_model, path)
+    capable = integer_layers(state, drq, rorq)
+    return dict(folded=folded, integer_capable=sum(capable.values()),
+                linear_conv=len(capable))

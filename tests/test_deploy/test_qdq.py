@@ -1,0 +1,242 @@
+"""QDQ lowering of calibrated quantizers: every quantizer's ONNX subgraph
+reproduces its fake quantization in ONNX Runtime, a tiny W8A8 / W4A4 model
+matches the simulation, ONNX Runtime runs integer kernels, weights are
+stored as int8 / int4, and bad parameters are named."""
+import copy
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mmseg.registry import MODELS
+from ris_plugins.deploy import ort_session, run_session
+from ris_plugins.deploy.qdq import (export_qdq, kernel_counts,
+                                    lower_activation, qdq_export_mode)
+from ris_plugins.quantization import calibrate, quantize_model
+from ris_plugins.quantization.quantizers import (RORQQuantizer,
+                                                 TwinUniformGELUQuantizer,
+                                                 TwinUniformSoftmaxQuantizer,
+                                                 UniformQuantizer)
+from ris_plugins.utils.synthetic import synthetic_inputs
+
+from ..conftest import load_tool
+
+ort = pytest.importorskip('onnxruntime')
+
+MINMAX = dict(
+    global_qconfig=dict(
+        w_qscheme=dict(type='UniformQuantizer', granularity='channel'),
+        a_qscheme=dict(type='UniformQuantizer', symmetric=False),
+        m_qscheme=dict(type='UniformQuantizer', symmetric=False)),
+    rules=[dict(pattern=r'backbone\.(conv1|stem\.0)', a_qscheme=None,
+                optional=True),
+           dict(pattern=r'.*conv_seg', skip=True, optional=True)])
+
+
+class _Lowered(nn.Module):
+    def __init__(self, q):
+        super().__init__()
+        self.q = q
+
+    def forward(self, x):
+        return lower_activation(self.q, x)
+
+
+def _ort_of(module, x, path):
+    torch.onnx.export(module, (x, ), path, dynamo=False, opset_version=17,
+                      input_names=['x'], do_constant_folding=False)
+    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    return torch.from_numpy(sess.run(None, {'x': x.numpy()})[0])
+
+
+def _calibrated(q, x):
+    q.init_params(x)
+    q.enabled = True
+    q.name = 'q'
+    return q
+
+
+def _quantizers():
+    g = torch.Generator().manual_seed(0)
+    act = torch.randn(4, 6, 5, generator=g) * 3 + 1
+    probs = torch.softmax(torch.randn(2, 3, 8, 8, generator=g) * 4, -1)
+    gelu = nn.functional.gelu(torch.randn(4, 50, generator=g) * 2)
+    heads = torch.randn(2, 3, 8, 4, generator=g)
+    text = torch.randn(2, 20, 16, generator=g)
+    text[0, 0, :3] = 40.0  # outliers -> several RORQ bands
+    return [
+        ('uniform asym 8b', UniformQuantizer(8, symmetric=False), act),
+        ('uniform asym 4b', UniformQuantizer(4, symmetric=False), act),
+        ('uniform sym 6b', UniformQuantizer(6), act),
+        ('uniform per-head 5b',
+         UniformQuantizer(5, granularity='head', ch_axis=1), heads),
+        ('drq-softmax 4b', TwinUniformSoftmaxQuantizer(4, faithful=False),
+         probs),
+        ('drq-softmax faithful 8b', TwinUniformSoftmaxQuantizer(8), probs),
+        ('drq-gelu 4b', TwinUniformGELUQuantizer(4), gelu),
+        ('rorq 4b', RORQQuantizer(4, faithful=False), text),
+        ('rorq faithful 8b', RORQQuantizer(8), text),
+    ]
+
+
+@pytest.mark.parametrize('case', range(len(_quantizers())),
+                         ids=[c[0] for c in _quantizers()])
+def test_lowering_reproduces_each_quantizer(case, tmp_path):
+    """ONNX Runtime's QuantizeLinear divides and rounds half to even like
+    the simulation, so each lowered quantizer gives the simulation's values
+    up to one float32 rounding of the dequantized value (|y| * 2^-23)."""
+    _, q, x = _quantizers()[case]
+    q = _calibrated(q, x)
+    probe = torch.cat([x.flatten(), torch.linspace(-5, 50, 997)])
+    probe = probe.reshape(-1, *x.shape[1:]) if x.dim() > 1 and \
+        probe.numel() % x[0].numel() == 0 else x
+    out = _ort_of(_Lowered(q), probe, str(tmp_path / 'q.onnx'))
+    ref = q.quantize(probe)
+    tol = 4 * torch.finfo(torch.float32).eps * ref.abs().max().item() + 1e-7
+    assert (out - ref).abs().max().item() <= tol
+
+
+def test_more_than_8_bits_is_refused():
+    q = _calibrated(UniformQuantizer(12, symmetric=False), torch.randn(10))
+    with pytest.raises(ValueError, match=r"'q'.*12-bit"):
+        lower_activation(q, torch.randn(10))
+
+
+def _tiny_quantized(cfg, w_bits, a_bits, n=6):
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).eval()
+    state = quantize_model(model, dict(MINMAX, w_bits=w_bits,
+                                       a_bits=a_bits))
+    inputs = synthetic_inputs(cfg, n)
+    calibrate(state, lambda i: model(*inputs[i]), range(n))
+    return model, state, inputs
+
+
+def _ort_vs_sim(model, state, path, inputs, opt=None):
+    """(mean |ORT - simulation|, mean |FP - simulation|) of the logits."""
+    sess = ort_session(path, optimized_path=opt)
+    deployed, quant, fp = [], [], []
+    for x in inputs:
+        with torch.no_grad():
+            quant.append(model(*x))
+        deployed.append(torch.from_numpy(run_session(sess, *x)))
+    for _, q in state.quantizers():
+        q.enabled = False
+    for x in inputs:
+        with torch.no_grad():
+            fp.append(model(*x))
+    for _, q in state.quantizers():
+        q.enabled = True
+    mean = lambda a, b: torch.stack([(u - v).abs().mean()  # noqa
+                                     for u, v in zip(a, b)]).mean().item()
+    return mean(deployed, quant), mean(fp, quant)
+
+
+def test_w8a8_without_requantization_equals_simulation(tiny_model_cfg,
+                                                        tmp_path):
+    """Without output requantization the deployed graph does the
+    simulation's arithmetic: each quantizer alone matches it to float32
+    round-off (test above). Through a whole model, float32 summation order
+    moves a few activations across a rounding boundary, i.e. by one step,
+    so the logits are compared against the size of the quantization error
+    itself: the deployed model must be at least 2x closer to the
+    simulation than the simulation is to FP (measured: 2.6x)."""
+    model, state, inputs = _tiny_quantized(tiny_model_cfg, 8, 8)
+    path = str(tmp_path / 'w8a8.onnx')
+    info = export_qdq(model, state, inputs[0], path, inputs,
+                      output_qdq=False)
+    assert info['folded']['int8'] == info['linear_conv']  # all int8 weights
+    deployed, quant_err = _ort_vs_sim(model, state, path, inputs)
+    assert deployed <= quant_err / 2, (deployed, quant_err)
+
+
+def test_w8a8_integer_kernels_close_to_simulation(tiny_model_cfg, tmp_path):
+    """With the uint8 output requantization ONNX Runtime runs the layers as
+    integer kernels. The requantization adds one more 8-bit rounding per
+    layer, so the deployed logits may move from the simulation by about
+    as much as W8A8 moves from FP, not more than 1.5x (measured: 1.0x)."""
+    model, state, inputs = _tiny_quantized(tiny_model_cfg, 8, 8)
+    path = str(tmp_path / 'w8a8.onnx')
+    opt = str(tmp_path / 'w8a8.opt.onnx')
+    info = export_qdq(model, state, inputs[0], path, inputs)
+    deployed, quant_err = _ort_vs_sim(model, state, path, inputs, opt)
+    kernels = kernel_counts(opt)
+    assert kernels['integer'] >= info['integer_capable'] > 0, (kernels,
+                                                               info)
+    assert deployed <= 1.5 * quant_err, (deployed, quant_err)
+    # the mask path stays float: no QuantizeLinear reads the text mask
+    import onnx
+    graph = onnx.load(path).graph
+    producers = {o: n for n in graph.node for o in n.output}
+
+    def reads_mask(name, depth=0):
+        if name == 'mask':
+            return True
+        node = producers.get(name)
+        return depth < 6 and node is not None and node.op_type in (
+            'Cast', 'Unsqueeze', 'Sub', 'Mul', 'Slice', 'Expand') and any(
+                reads_mask(i, depth + 1) for i in node.input)
+    assert not any(reads_mask(n.input[0]) for n in graph.node
+                   if n.op_type == 'QuantizeLinear')
+
+
+def test_w4a4_weights_stored_as_int4(tiny_model_cfg, tmp_path):
+    """4-bit weights are stored as INT4 (smaller file) and the 4-bit
+    activation grids run in 8-bit containers with the simulation's values
+    (same bound as W8A8: at least 2x closer than the quantization error;
+    measured 3.2x)."""
+    model, state, inputs = _tiny_quantized(tiny_model_cfg, 4, 4)
+    path = str(tmp_path / 'w4.onnx')
+    info = export_qdq(model, state, inputs[0], path, inputs,
+                      output_qdq=False)
+    assert info['folded']['int4'] == info['linear_conv']
+    deployed, quant_err = _ort_vs_sim(model, state, path, inputs)
+    assert deployed <= quant_err / 2, (deployed, quant_err)
+    path8 = str(tmp_path / 'w4i8.onnx')
+    info8 = export_qdq(model, state, inputs[0], path8, inputs,
+                       output_qdq=False, int4=False)
+    assert info8['folded']['int8'] == info['linear_conv']
+    assert osp.getsize(path) < osp.getsize(path8)
+
+
+def test_uncalibrated_quantizer_is_named(tiny_model_cfg):
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_model_cfg.model).eval()
+    state = quantize_model(model, dict(MINMAX, w_bits=8, a_bits=8))
+    with pytest.raises(ValueError, match='not calibrated'):
+        with qdq_export_mode(state, {}):
+            pass
+    assert all('forward' not in layer.__dict__
+               for layer in state.layers.values())
+
+
+def test_pytorch2onnx_bad_ptq_params(tiny_model_cfg, tmp_path):
+    """A parameter file that is not one, or from another checkpoint, is
+    refused naming the file, and no .onnx is written."""
+    tool = load_tool('deployment/pytorch2onnx.py')
+    cfg_path = tmp_path / 'tiny.py'
+    tiny_model_cfg.dump(str(cfg_path))
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_model_cfg.model)
+    ckpt = tmp_path / 'ckpt.pth'
+    torch.save({'state_dict': model.state_dict()}, str(ckpt))
+    bad = tmp_path / 'not_params.pth'
+    torch.save({'weights': torch.zeros(3)}, str(bad))
+    out = tmp_path / 'm.onnx'
+    with pytest.raises(ValueError, match='not_params.pth'):
+        tool.main([str(cfg_path), str(ckpt), '--out', str(out),
+                   '--ptq-params', str(bad)])
+    from ris_plugins.quantization import save_quant_params
+    qmodel = copy.deepcopy(model).eval()
+    state = quantize_model(qmodel, dict(MINMAX, w_bits=8, a_bits=8))
+    inputs = synthetic_inputs(tiny_model_cfg, 2)
+    calibrate(state, lambda i: qmodel(*inputs[i]), range(2))
+    params = tmp_path / 'ptq_params.pth'
+    save_quant_params(str(params), state, dict(
+        checkpoint='other.pth', checkpoint_sha256='file:0123',
+        quant_cfg='{}'))
+    with pytest.raises(ValueError, match='ptq_params.pth.*other.pth'):
+        tool.main([str(cfg_path), str(ckpt), '--out', str(out),
+                   '--ptq-params', str(params)])
+    assert not out.exists()
