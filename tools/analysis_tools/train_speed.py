@@ -19,6 +19,14 @@ Examples::
     python tools/analysis_tools/train_speed.py \\
         configs/lavt/lavt_swin-b_8xb4-40e_refcoco-480x480.py --batch 2 \\
         --rounds 3 --vs model.backbone.with_cp=True
+    # bf16 autocast on the CPU, channels_last, torch.compile
+    ... --vs optim_wrapper.type=CPUAmpOptimWrapper
+    ... --vs custom_hooks=ChannelsLastHook
+    ... --vs compile=True
+
+A config's ``AmpOptimWrapper`` (GPU only) is timed as the fp32
+``OptimWrapper`` on the CPU (a note says so). ``ChannelsLastHook`` in
+``custom_hooks`` and ``compile`` are applied as the runner would.
 """
 import argparse
 import json
@@ -53,7 +61,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         'alternately against the first')
     parser.add_argument('--worker', action='store_true',
                         help=argparse.SUPPRESS)
+    parser.add_argument('--overrides-json', default=None,
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.overrides_json:
+        args.cfg_options = json.loads(args.overrides_json)
     for name in ('batch', 'steps', 'rounds'):
         if getattr(args, name) < 1:
             raise SystemExit(f'--{name} must be >= 1, got '
@@ -72,6 +84,22 @@ def peak_memory_mib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_optim_wrapper(cfg, device: str) -> None:
+    """On the CPU, replace a config's stock ``AmpOptimWrapper`` (which
+    asserts a GPU) by the fp32 ``OptimWrapper`` with the same optimizer,
+    clipping and paramwise settings, and say so; any other wrapper (e.g.
+    ``CPUAmpOptimWrapper``) is kept."""
+    wrapper = cfg.optim_wrapper
+    if device.startswith('cuda') or wrapper.get('type') != 'AmpOptimWrapper':
+        return
+    for key in ('loss_scale', 'dtype', 'use_fsdp'):
+        wrapper.pop(key, None)
+    wrapper.type = 'OptimWrapper'
+    print('note: AmpOptimWrapper needs a GPU; timing the fp32 OptimWrapper '
+          '(optim_wrapper.type=CPUAmpOptimWrapper for bf16 on the CPU)',
+          file=sys.stderr)
+
+
 def time_steps(args: argparse.Namespace) -> Dict[str, object]:
     """Build, warm up and time ``args.steps`` training steps in this
     process; returns seconds per step and peak memory (MiB)."""
@@ -87,22 +115,46 @@ def time_steps(args: argparse.Namespace) -> Dict[str, object]:
     register_all_modules()
     cfg = Config.fromfile(args.config)
     cfg.merge_from_dict(args.cfg_options)
+    cpu_optim_wrapper(cfg, args.device)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()
     model.to(args.device).train()
+    apply_run_switches(cfg, model)
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     batch = synthetic_batch(cfg, args.batch)
-    times = []
+    times, warmup = [], []
     for step in range(args.warmup + args.steps):
         start = time.perf_counter()
         model.train_step(batch, optim_wrapper)
         if args.device.startswith('cuda'):
             torch.cuda.synchronize()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-    return dict(seconds=times, peak_mib=peak_memory_mib(args.device),
+        (times if step >= args.warmup else warmup).append(
+            time.perf_counter() - start)
+    return dict(seconds=times, warmup=warmup,
+                peak_mib=peak_memory_mib(args.device),
                 threads=torch.get_num_threads())
+
+
+def apply_run_switches(cfg, model) -> None:
+    """What the runner would do to the model for the config's run-level
+    switches: ``custom_hooks`` entries of type ``ChannelsLastHook``
+    (channels_last weights; on the command line a bare type name,
+    ``custom_hooks=ChannelsLastHook``, since ``--cfg-options`` cannot
+    spell a list of dicts) and ``compile`` (``torch.compile`` of
+    ``model.train_step`` with the given options, as mmengine's
+    ``Runner._maybe_compile``). Other hooks do not change the step."""
+    import torch
+    from ris_plugins.engine import to_channels_last
+    hooks = cfg.get('custom_hooks', None) or []
+    hooks = [hooks] if isinstance(hooks, str) else hooks
+    hooks = [h if isinstance(h, str) else h.get('type') for h in hooks]
+    if 'ChannelsLastHook' in hooks:
+        to_channels_last(model)
+    compile_cfg = cfg.get('compile', None)
+    if compile_cfg:
+        opts = {} if compile_cfg is True else dict(compile_cfg)
+        model.train_step = torch.compile(model.train_step, **opts)
 
 
 def run_worker(args: argparse.Namespace, overrides: dict) -> dict:
@@ -114,9 +166,8 @@ def run_worker(args: argparse.Namespace, overrides: dict) -> dict:
     cmd = [sys.executable, osp.abspath(__file__), args.config, '--worker',
            '--batch', str(args.batch), '--steps', str(args.steps),
            '--warmup', str(args.warmup), '--device', args.device]
-    if overrides:
-        cmd += ['--cfg-options'] + [f'{k}={json.dumps(v)}'
-                                    for k, v in overrides.items()]
+    if overrides:  # JSON, so lists and dicts survive the round trip
+        cmd += ['--overrides-json', json.dumps(overrides)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
     if proc.returncode != 0 or not lines:
@@ -130,9 +181,12 @@ def summarise(name: str, results: List[dict]) -> Dict[str, float]:
     row = dict(median=statistics.median(steps), low=min(steps),
                high=max(steps),
                peak=statistics.median(r['peak_mib'] for r in results))
+    warm = [w for r in results for w in r.get('warmup', [])[:1]]
+    first = (f', first step {statistics.median(warm):.1f} s'
+             if warm else '')
     print(f'{name}: {row["median"]:.3f} s/step (median of {len(steps)}, '
           f'{row["low"]:.3f}-{row["high"]:.3f}), peak memory '
-          f'{row["peak"]:.0f} MiB, {results[0]["threads"]} threads')
+          f'{row["peak"]:.0f} MiB, {results[0]["threads"]} threads{first}')
     return row
 
 

@@ -1,3 +1,4 @@
+from .channels_last_hook import ChannelsLastHook, to_channels_last
 from .ptq_hook import PTQHook, calibrate_on_dataset
 from .ref_visualization_hook import RefSegVisualizationHook
 from .rng_state_hook import RNGStateHook
@@ -6,5 +7,6 @@ from .text_check_hook import TextInputCheckHook
 
 __all__ = [
     'PTQHook', 'RNGStateHook', 'StrictLoadHook', 'TextInputCheckHook',
-    'calibrate_on_dataset', 'RefSegVisualizationHook'
+    'calibrate_on_dataset', 'ChannelsLastHook', 'to_channels_last',
+    'RefSegVisualizationHook'
 ]

@@ -9,6 +9,7 @@ from mmpretrain.models.multimodal.chinese_clip.chinese_clip import (
 from torch import Tensor
 
 from mmseg.registry import MODELS
+from ..utils.checkpoint import run_sequential
 
 # OpenAI CLIP ResNets (``clip/model.py`` ``build_model``): blocks per stage
 # and the attention-pool output width (= CLIP's joint embedding width).
@@ -138,6 +139,9 @@ class CLIPResNet(ModifiedResNet):
             OpenAI's for ``depth`` (RN50 1024, RN101 512).
         stage_blocks (Sequence[int], optional): Override the Bottleneck
             count of each of the 4 stages (tiny test networks).
+        with_cp (bool): Activation checkpointing of every Bottleneck
+            (recomputed in backward): same outputs and gradients, less
+            memory, more compute.
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained',
             checkpoint=<converted>, prefix='backbone.')``.
 
@@ -159,6 +163,7 @@ class CLIPResNet(ModifiedResNet):
                  num_attn_heads: int = 32,
                  output_dim: Optional[int] = None,
                  stage_blocks: Optional[Sequence[int]] = None,
+                 with_cp: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         arch = self._arch_key(depth, stage_blocks)
         if output_dim is None:
@@ -178,6 +183,7 @@ class CLIPResNet(ModifiedResNet):
                                              num_attn_heads, output_dim)
         self.out_channels = (base_channels * 8, base_channels * 16,
                              output_dim)
+        self.with_cp = with_cp
 
     @staticmethod
     def _arch_key(depth: int, stage_blocks: Optional[Sequence[int]]):
@@ -208,6 +214,11 @@ class CLIPResNet(ModifiedResNet):
                 nn.init.zeros_(param)
         self._is_init = True
 
+    def run_stage(self, stage: nn.Sequential, x: Tensor) -> Tensor:
+        """``stage(x)``, each Bottleneck checkpointed when ``with_cp``
+        (mmpretrain ResNet's ``with_cp``; CLIP's Bottleneck has none)."""
+        return run_sequential(stage, x, self.with_cp)
+
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Images (B, 3, H, W) -> (B, 8w, H/8, W/8), (B, 16w, H/16, W/16),
         (B, output_dim, H/32, W/32)."""
@@ -216,8 +227,9 @@ class CLIPResNet(ModifiedResNet):
                          (self.conv3, self.bn3)):
             x = self.relu(bn(conv(x)))  # stem: (B, w, H/2, W/2)
         x = self.avgpool(x)  # (B, w, H/4, W/4)
-        x = self.layer1(x)  # (B, 4w, H/4, W/4)
-        c3 = self.layer2(x)  # (B, 8w, H/8, W/8)
-        c4 = self.layer3(c3)  # (B, 16w, H/16, W/16)
-        c5 = self.attnpool(self.layer4(c4))  # (B, output_dim, H/32, W/32)
+        x = self.run_stage(self.layer1, x)  # (B, 4w, H/4, W/4)
+        c3 = self.run_stage(self.layer2, x)  # (B, 8w, H/8, W/8)
+        c4 = self.run_stage(self.layer3, c3)  # (B, 16w, H/16, W/16)
+        c5 = self.attnpool(self.run_stage(self.layer4,
+                                          c4))  # (B, output_dim, H/32, W/32)
         return c3, c4, c5

@@ -5,10 +5,12 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from mmpretrain.models.backbones import VisionTransformer
+from mmpretrain.models.utils import resize_pos_embed
 from torch import Tensor
 
 from mmseg.registry import MODELS
 from ..utils import FrozenEvalMixin
+from ..utils.checkpoint import maybe_checkpoint
 
 # OpenAI CLIP ViT (``clip/model.py`` ``VisionTransformer``) expressed in
 # mmpretrain's arguments, as in mmpretrain ``configs/clip/*.py`` and
@@ -64,6 +66,10 @@ class CLIPViT(FrozenEvalMixin, VisionTransformer):
             counts from the end). ETRIS: (3, 7, 11).
         output_dim (int, optional): D, width of ``proj`` (ViT-B/16: 512);
             None for no projection (the last map stays C wide).
+        with_cp (bool): Activation checkpointing of every transformer
+            block (as mmpretrain's Swin ``with_cp``; its ViT has none):
+            the block's activations are recomputed in backward. Same
+            outputs and gradients, less memory, more compute.
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained',
             checkpoint=<converted>, prefix='backbone.')``.
         **kwargs: Other ``VisionTransformer`` arguments (``drop_path_rate``,
@@ -81,6 +87,7 @@ class CLIPViT(FrozenEvalMixin, VisionTransformer):
                  patch_size: int = 16,
                  out_indices: Sequence[int] = (-1, ),
                  output_dim: Optional[int] = 512,
+                 with_cp: bool = False,
                  init_cfg: Optional[dict] = None,
                  **kwargs) -> None:
         settings = dict(CLIP_VIT_SETTINGS, **kwargs)
@@ -95,6 +102,7 @@ class CLIPViT(FrozenEvalMixin, VisionTransformer):
             init_cfg=init_cfg,
             **settings)
         last = self.num_layers - 1
+        self.with_cp = with_cp
         self.output_dim = output_dim
         if output_dim is not None:
             if last not in self.out_indices:
@@ -119,10 +127,32 @@ class CLIPViT(FrozenEvalMixin, VisionTransformer):
         if self.output_dim is not None and not pretrained:
             nn.init.normal_(self.proj, std=self.embed_dims**-0.5)
 
+    def _vit_forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """mmpretrain ``VisionTransformer.forward`` (1.2.0) with each block
+        called through :func:`maybe_checkpoint` (``with_cp``): (B, 3, H, W)
+        -> (B, C, h, w) per ``out_indices`` entry."""
+        x, grid = self.patch_embed(x)  # (B, h*w, C)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1)
+        x = x + resize_pos_embed(
+            self.pos_embed, self.patch_resolution, grid,
+            mode=self.interpolate_mode,
+            num_extra_tokens=self.num_extra_tokens)  # (B, 1 + h*w, C)
+        x = self.pre_norm(self.drop_after_pos(x))
+        outs = []
+        for i, layer in enumerate(self.layers):
+            x = maybe_checkpoint(layer, x, enabled=self.with_cp,
+                                 params=layer.parameters())
+            if i == len(self.layers) - 1 and self.final_norm:
+                x = self.ln1(x)
+            if i in self.out_indices:
+                outs.append(self._format_output(x, grid))  # (B, C, h, w)
+        return tuple(outs)
+
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """(B, 3, H, W) -> one map per ``out_indices`` entry: (B, C, h, w),
         the last block's (B, D, h, w) when ``output_dim`` is set."""
-        outs = list(super().forward(x))  # (B, C, h, w) each
+        outs = list(self._vit_forward(x))  # (B, C, h, w) each
         if self.output_dim is not None:
             # ln_post was applied by mmpretrain (final_norm); x @ proj.
             outs[-1] = torch.einsum('bchw,cd->bdhw', outs[-1],

@@ -9,6 +9,7 @@ from torch import Tensor
 from mmseg.registry import MODELS
 from ..fusion.pwam import PWAM
 from ..utils import FrozenEvalMixin, TextFeatures
+from ..utils.checkpoint import maybe_checkpoint
 
 
 @MODELS.register_module()
@@ -26,9 +27,15 @@ class MultiModalSwin(FrozenEvalMixin, SwinTransformer):
         text_channels (int): Width of the word features (768, BERT-base).
         pwam_heads (Sequence[int]): PWAM heads per stage (LAVT: 1 each).
         pwam_dropout (float): PWAM dropout (LAVT ``--fusion_drop``, 0).
+        pwam_sdpa (bool): PWAM attention through
+            ``F.scaled_dot_product_attention`` (default False: explicit
+            products, see :class:`PixelWordAttention`).
         **kwargs: :class:`mmpretrain.models.SwinTransformer` arguments, e.g.
             ``arch='base', window_size=12, drop_path_rate=0.3,
-            out_indices=(0, 1, 2, 3)``.
+            out_indices=(0, 1, 2, 3)``. ``with_cp=True`` checkpoints the
+            activations of every Swin block (mmpretrain's ``SwinBlock``)
+            and of every PWAM + gate (recomputed in backward): less
+            memory, same outputs and gradients, more compute.
 
     Raises:
         ValueError: ``pwam_heads`` does not have one entry per stage.
@@ -40,14 +47,16 @@ class MultiModalSwin(FrozenEvalMixin, SwinTransformer):
                  text_channels: int = 768,
                  pwam_heads: Sequence[int] = (1, 1, 1, 1),
                  pwam_dropout: float = 0.0,
+                 pwam_sdpa: bool = False,
                  **kwargs) -> None:
         super().__init__(**kwargs)
+        self.with_cp = kwargs.get('with_cp', False)
         if len(pwam_heads) != len(self.stages):
             raise ValueError(f'pwam_heads needs {len(self.stages)} entries '
                              f'(one per stage), got {list(pwam_heads)}')
         self.text_widths = dict(word=text_channels)  # checked at build
         self.pwams = nn.ModuleList(
-            PWAM(c, text_channels, h, pwam_dropout)
+            PWAM(c, text_channels, h, pwam_dropout, pwam_sdpa)
             for c, h in zip(self.num_features, pwam_heads))
 
     def forward(self, x: Tensor, text: TextFeatures) -> Tuple[Tensor, ...]:
@@ -63,7 +72,9 @@ class MultiModalSwin(FrozenEvalMixin, SwinTransformer):
         outs: List[Tensor] = []
         for i, (stage, pwam) in enumerate(zip(self.stages, self.pwams)):
             x, hw_shape = stage(x, hw_shape, do_downsample=False)
-            fused, x = pwam(x, text)  # (B, N_i, C_i) each
+            fused, x = maybe_checkpoint(
+                pwam, x, text, enabled=self.with_cp,
+                params=pwam.parameters())  # (B, N_i, C_i) each
             if i in self.out_indices:
                 out = getattr(self, f'norm{i}')(fused)  # (B, N_i, C_i)
                 outs.append(

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from ..utils import FrozenEvalMixin
+from ..utils.checkpoint import maybe_checkpoint
 
 
 @MODELS.register_module()
@@ -61,6 +62,9 @@ class SAMViT(FrozenEvalMixin, ViTSAM):
         out_channels (int): Neck width N_c (SAM: 256). The neck is always
             built so that SAM checkpoints load without missing keys.
         frozen (bool): No gradients and always eval mode (HARIS).
+        with_cp (bool): Activation checkpointing of every block when the
+            encoder trains (``frozen=False``); a frozen encoder keeps no
+            activations, so it is a no-op there.
         init_cfg (dict, optional): e.g. ``dict(type='Pretrained',
             checkpoint=<converted>, prefix='backbone.')``.
         **kwargs: Other ``ViTSAM`` arguments (``window_size``,
@@ -84,6 +88,7 @@ class SAMViT(FrozenEvalMixin, ViTSAM):
                  neck_as_deep: bool = False,
                  out_channels: int = 256,
                  frozen: bool = True,
+                 with_cp: bool = False,
                  init_cfg: Optional[dict] = None,
                  **kwargs) -> None:
         if kwargs.get('out_type', 'featmap') not in ('featmap', 'raw'):
@@ -113,6 +118,7 @@ class SAMViT(FrozenEvalMixin, ViTSAM):
         self.feat_channels = tuple(
             out_channels if (neck_as_deep and k == len(self.out_indices) - 1)
             else self.embed_dims for k in range(len(self.out_indices)))
+        self.with_cp = with_cp
         self.frozen = frozen
         if frozen:
             self.requires_grad_(False)
@@ -168,7 +174,8 @@ class SAMViT(FrozenEvalMixin, ViTSAM):
             x = self._embed(x)  # (B, h, w, C)
             outs = []
             for i, layer in enumerate(self.layers[:self.out_indices[-1] + 1]):
-                x = layer(x)  # (B, h, w, C)
+                x = maybe_checkpoint(layer, x, enabled=self.with_cp,
+                                     params=layer.parameters())  # (B,h,w,C)
                 if i in self.out_indices:
                     outs.append(x.permute(0, 3, 1, 2))  # (B, C, h, w)
             if self.neck_as_deep:

@@ -10,6 +10,7 @@ from typing import Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor
 
@@ -25,15 +26,28 @@ class PixelWordAttention(nn.Module):
     (B, C, L); ``S = softmax_L(C^-1/2 Q_h K_h + 1e4 (m - 1))`` per head h
     (the scale uses the full C, as upstream); output ``IN(W_o [S_h
     U_h^T]_h)`` (B, N, C).
+
+    Args:
+        channels (int): C.
+        text_channels (int): C_t.
+        num_heads (int): h.
+        use_sdpa (bool): Compute ``[S_h U_h^T]_h`` with
+            ``F.scaled_dot_product_attention`` (same scale and additive
+            mask) instead of the two explicit ``torch.matmul`` (default,
+            upstream's form, traced as plain MatMul/Softmax by ONNX). The
+            quantization adapter (``ris_plugins/quantization/attention/
+            pwam.py``) always uses explicit ``matmul1`` / ``matmul2``, so
+            this switch has no effect on a quantized model.
     """
 
     def __init__(self, channels: int, text_channels: int,
-                 num_heads: int) -> None:
+                 num_heads: int, use_sdpa: bool = False) -> None:
         super().__init__()
         if channels % num_heads:
             raise ValueError(f'PWAM channels {channels} must be divisible '
                              f'by num_heads {num_heads}')
         self.num_heads = num_heads
+        self.use_sdpa = use_sdpa
         self.f_query = nn.Sequential(
             nn.Conv1d(channels, channels, 1), nn.InstanceNorm1d(channels))
         self.f_key = nn.Sequential(nn.Conv1d(text_channels, channels, 1))
@@ -52,12 +66,31 @@ class PixelWordAttention(nn.Module):
         query = query.reshape(b, n, h, c // h).transpose(1, 2)  # (B,h,N,C/h)
         key = key.reshape(b, h, c // h, -1)  # (B, h, C/h, L)
         value = value.reshape(b, h, c // h, -1)  # (B, h, C/h, L)
+        if self.use_sdpa:
+            out = self._sdpa(query, key, value, mask)  # (B, h, N, C/h)
+            out = out.transpose(1, 2).reshape(b, n, c)  # (B, N, C)
+            return self.W(out.transpose(1, 2)).transpose(1, 2)
         sim = torch.matmul(query, key) * c**-0.5  # (B, h, N, L)
         sim = sim + (1e4 * mask.unsqueeze(1) - 1e4)
         attn = sim.softmax(dim=-1)  # (B, h, N, L)
         out = torch.matmul(attn, value.transpose(2, 3))  # (B, h, N, C/h)
         out = out.transpose(1, 2).reshape(b, n, c)  # (B, N, C)
         return self.W(out.transpose(1, 2)).transpose(1, 2)  # (B, N, C)
+
+    @staticmethod
+    def _sdpa(query: Tensor, key: Tensor, value: Tensor,
+              mask: Tensor) -> Tensor:
+        """The explicit path's ``softmax(Q K * C^-1/2 + 1e4 (m - 1)) U^T``
+        fused: query (B, h, N, d), key / value (B, h, d, L), mask (B, 1, L)
+        -> (B, h, N, d)."""
+        c = query.shape[1] * query.shape[3]
+        dtype = query.dtype if not torch.is_autocast_enabled(
+            query.device.type) else torch.get_autocast_dtype(
+                query.device.type)
+        bias = (1e4 * mask.unsqueeze(1) - 1e4).to(dtype)  # (B, 1, 1, L)
+        return F.scaled_dot_product_attention(
+            query.to(dtype), key.transpose(2, 3).to(dtype),
+            value.transpose(2, 3).to(dtype), attn_mask=bias, scale=c**-0.5)
 
 
 @MODELS.register_module()
@@ -75,6 +108,7 @@ class PWAM(BaseModule):
             BERT-base).
         num_heads (int): Attention heads (LAVT default 1).
         dropout (float): Dropout after ``vis_project`` and ``project_mm``.
+        use_sdpa (bool): See :class:`PixelWordAttention` (default False).
 
     Raises:
         ValueError: ``channels`` not divisible by ``num_heads``.
@@ -85,12 +119,13 @@ class PWAM(BaseModule):
                  text_channels: int = 768,
                  num_heads: int = 1,
                  dropout: float = 0.0,
+                 use_sdpa: bool = False,
                  init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.vis_project = nn.Sequential(
             nn.Conv1d(channels, channels, 1), nn.GELU(), nn.Dropout(dropout))
         self.image_lang_att = PixelWordAttention(channels, text_channels,
-                                                 num_heads)
+                                                 num_heads, use_sdpa)
         self.project_mm = nn.Sequential(
             nn.Conv1d(channels, channels, 1), nn.GELU(), nn.Dropout(dropout))
         self.res_gate = nn.Sequential(

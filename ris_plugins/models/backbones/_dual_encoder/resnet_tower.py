@@ -47,9 +47,11 @@ class ResNetTower:
                   i: int,
                   shortcuts: Optional[tuple] = None) -> None:
         """Run stage ``RESNET_BLOCKS[i]`` on the current map. ``shortcuts``
-        is always None (the runner refuses them with a ResNet)."""
+        is always None (the runner refuses them with a ResNet). Blocks are
+        checkpointed when the tower's ``with_cp`` is set."""
         stage = getattr(rn, RESNET_BLOCKS[i])
-        state.set_patches(stage(state.vis))  # (B, C_i, h_i, w_i)
+        state.set_patches(rn.run_stage(stage,
+                                       state.vis))  # (B, C_i, h_i, w_i)
 
     @staticmethod
     def tap(state: DualEncoderState) -> Tensor:

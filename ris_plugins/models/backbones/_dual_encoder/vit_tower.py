@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from mmpretrain.models.utils import resize_pos_embed
 from torch import Tensor
 
+from ...utils.checkpoint import maybe_checkpoint
 from ..clip_vit import CLIPViT
 from .state import DualEncoderState, tokens_to_map
 
@@ -100,9 +101,16 @@ class ViTTower:
     def run_block(vit: CLIPViT, state: DualEncoderState, i: int,
                   shortcuts: Shortcuts) -> None:
         """Run layer ``i`` (0-based) on ``state.vis`` with the state's key
-        mask (prompts from padding) and the given shortcuts."""
-        state.vis = vit_block(vit.layers[i], state.vis, state.vis_key_mask,
-                              shortcuts)  # (B, N_v, C_v)
+        mask (prompts from padding) and the given shortcuts, checkpointed
+        when the tower's ``with_cp`` is set."""
+        layer = vit.layers[i]
+        params = list(layer.parameters())
+        if shortcuts is not None:
+            params += [p for s in shortcuts if s is not None
+                       for p in s.parameters()]
+        state.vis = maybe_checkpoint(
+            vit_block, layer, state.vis, state.vis_key_mask, shortcuts,
+            enabled=vit.with_cp, params=params)  # (B, N_v, C_v)
 
     @staticmethod
     def tap(state: DualEncoderState) -> Tensor:
