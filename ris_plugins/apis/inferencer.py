@@ -78,7 +78,9 @@ class RefSegInferencer(BaseInferencer):
             :func:`find_config`), or a Config.
         weights (str, optional): Checkpoint, loaded strictly
             (:func:`load_weights`). None runs random weights, with a
-            warning.
+            warning. A ``.onnx`` file (``tools/deployment/pytorch2onnx.py``
+            of this config) runs the forward in ONNX Runtime
+            (:func:`ris_plugins.deploy.use_onnx_backend`).
         device (str, optional): ``'cpu'``, ``'cuda:0'``, ...; None picks
             the available one. SyncBN becomes BN on CPU.
         scope (str): Registry scope. Defaults to ``'mmseg'``.
@@ -124,6 +126,9 @@ class RefSegInferencer(BaseInferencer):
         model.cfg = cfg
         if weights is None:
             warn_random_weights(self.config_name)
+        elif str(weights).endswith('.onnx'):  # exported model (issue 12)
+            from ..deploy import use_onnx_backend
+            use_onnx_backend(model, weights)
         else:
             load_weights(model, weights)
         model.dataset_meta = dict(RefCOCODataset.METAINFO)

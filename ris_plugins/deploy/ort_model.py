@@ -82,3 +82,30 @@ class ORTSegmentor:
 
     def __repr__(self) -> str:
         return f'ORTSegmentor({self.path!r})'
+
+
+def use_onnx_backend(model, path: str, threads: Optional[int] = None):
+    """Make a built ``RefSegmentor`` run its tensor forward in ONNX Runtime.
+
+    The PyTorch model keeps everything around the forward (data
+    preprocessor, ``encode_decode``'s resize, ``postprocess_result``,
+    thresholds), so ``predict`` / ``test_step`` / ``RefSegInferencer``
+    work unchanged on the exported file. ``_forward`` becomes an
+    :class:`ORTSegmentor` and ``text_input`` is set to ``'onnx'`` so no
+    caller splits the forward (e.g. encoding the image once for several
+    sentences, which needs the PyTorch backbone).
+
+    Args:
+        model: the ``RefSegmentor`` built from the config the file was
+            exported from (its weights are not used).
+        path: the ``.onnx`` file.
+
+    Returns:
+        the model (changed in place).
+
+    Raises:
+        FileNotFoundError, ValueError: see :class:`ORTSegmentor`.
+    """
+    model._forward = ORTSegmentor(path, threads=threads)
+    model.text_input = 'onnx'
+    return model

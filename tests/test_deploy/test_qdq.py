@@ -20,8 +20,6 @@ from ris_plugins.quantization.quantizers import (RORQQuantizer,
                                                  UniformQuantizer)
 from ris_plugins.utils.synthetic import synthetic_inputs
 
-from ..conftest import load_tool
-
 ort = pytest.importorskip('onnxruntime')
 
 MINMAX = dict(
@@ -209,34 +207,3 @@ def test_uncalibrated_quantizer_is_named(tiny_model_cfg):
             pass
     assert all('forward' not in layer.__dict__
                for layer in state.layers.values())
-
-
-def test_pytorch2onnx_bad_ptq_params(tiny_model_cfg, tmp_path):
-    """A parameter file that is not one, or from another checkpoint, is
-    refused naming the file, and no .onnx is written."""
-    tool = load_tool('deployment/pytorch2onnx.py')
-    cfg_path = tmp_path / 'tiny.py'
-    tiny_model_cfg.dump(str(cfg_path))
-    torch.manual_seed(0)
-    model = MODELS.build(tiny_model_cfg.model)
-    ckpt = tmp_path / 'ckpt.pth'
-    torch.save({'state_dict': model.state_dict()}, str(ckpt))
-    bad = tmp_path / 'not_params.pth'
-    torch.save({'weights': torch.zeros(3)}, str(bad))
-    out = tmp_path / 'm.onnx'
-    with pytest.raises(ValueError, match='not_params.pth'):
-        tool.main([str(cfg_path), str(ckpt), '--out', str(out),
-                   '--ptq-params', str(bad)])
-    from ris_plugins.quantization import save_quant_params
-    qmodel = copy.deepcopy(model).eval()
-    state = quantize_model(qmodel, dict(MINMAX, w_bits=8, a_bits=8))
-    inputs = synthetic_inputs(tiny_model_cfg, 2)
-    calibrate(state, lambda i: qmodel(*inputs[i]), range(2))
-    params = tmp_path / 'ptq_params.pth'
-    save_quant_params(str(params), state, dict(
-        checkpoint='other.pth', checkpoint_sha256='file:0123',
-        quant_cfg='{}'))
-    with pytest.raises(ValueError, match='ptq_params.pth.*other.pth'):
-        tool.main([str(cfg_path), str(ckpt), '--out', str(out),
-                   '--ptq-params', str(params)])
-    assert not out.exists()
