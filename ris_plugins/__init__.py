@@ -11,5 +11,7 @@ safe_checkpoint.install()
 
 from . import (datasets, engine, evaluation, models,  # noqa: E402,F401
                quantization, visualization)
+from . import apis  # noqa: E402,F401
+from .apis import RefSegInferencer  # noqa: E402
 
-__all__ = ['__version__']
+__all__ = ['__version__', 'RefSegInferencer']
