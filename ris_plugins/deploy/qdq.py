@@ -150,9 +150,13 @@ def _drq_softmax(q: TwinUniformSoftmaxQuantizer, x: Tensor,
     q1 = 2**(q.bits - 1) - 1
     s = q.split.float()
     zero, top = _const(0, x), _const(q1, x)
-    fine = lambda v: _fq(v, s / q1, zero, zero, top, None, False)  # noqa
-    coarse = lambda v: _fq(v, _const(1.0 / q1, x), zero, zero, top, None,
-                           False)  # noqa
+
+    def fine(v: Tensor) -> Tensor:  # [0, s): step s/(q-1)
+        return _fq(v, s / q1, zero, zero, top, None, False)
+
+    def coarse(v: Tensor) -> Tensor:  # [s, 1]: step 1/(q-1)
+        return _fq(v, _const(1.0 / q1, x), zero, zero, top, None, False)
+
     if q.faithful:  # upstream sum of two clamped quantizers
         return coarse(torch.clamp(torch.maximum(x, s), max=1.0)) + fine(
             torch.minimum(torch.clamp(x, min=0.0), s))
@@ -222,8 +226,8 @@ def is_plain_qdq(q, drq: str = 'exact', rorq: str = 'exact') -> bool:
     return isinstance(q, RORQQuantizer) and rorq == 'int8'
 
 
-def _grid_weight(q: UniformQuantizer, weight: Tensor) -> Tuple[Tensor,
-                                                                 Tensor]:
+def _grid_weight(q: UniformQuantizer,
+                 weight: Tensor) -> Tuple[Tensor, Tensor]:
     """(the simulation's fake-quantized weight, per-output-channel scale
     (C_out,)), computed outside any trace so the exporter stores them as
     constants."""

@@ -2,7 +2,6 @@
 reproduces its fake quantization in ONNX Runtime, a tiny W8A8 / W4A4 model
 matches the simulation, ONNX Runtime runs integer kernels, weights are
 stored as int8 / int4, and bad parameters are named."""
-import copy
 import os.path as osp
 
 import pytest
@@ -131,8 +130,8 @@ def _ort_vs_sim(model, state, path, inputs, opt=None):
     return mean(deployed, quant), mean(fp, quant)
 
 
-def test_w8a8_without_requantization_equals_simulation(tiny_model_cfg,
-                                                        tmp_path):
+def test_w8a8_without_requantization_equals_simulation(
+        tiny_model_cfg, tmp_path):
     """Without output requantization the deployed graph does the
     simulation's arithmetic: each quantizer alone matches it to float32
     round-off (test above). Through a whole model, float32 summation order

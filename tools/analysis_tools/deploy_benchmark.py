@@ -25,11 +25,13 @@ Calibration: ``--method`` (a ``configs/_base_/quantization`` base) on
 ``--calib-samples`` training samples (``calibrate_on_dataset``), or on
 synthetic inputs for ``random`` checkpoints.
 
-Example (the README's table)::
+Example (one demo model; the README's table adds LAVT-small and CRIS-small
+with two more ``--model``)::
 
-    python tools/analysis_tools/deploy_benchmark.py \\
-        --model baseline configs/demo/ris-baseline_r18-minilm_1xb16-2k_refshapes-160x160.py random \\
-        --out work_dirs/deploy_benchmark
+    python tools/analysis_tools/deploy_benchmark.py --calib-samples 8 \\
+        --model baseline \\
+        configs/demo/ris-baseline_r18-minilm_1xb16-2k_refshapes-160x160.py \\
+        random --out work_dirs/deploy_benchmark
 """
 import argparse
 import copy
@@ -203,6 +205,8 @@ def peak_rss_mib() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def runner_for(setting, path, cfg, ckpt, args, threads):
     """A callable (img, tokens, mask) -> logits for one setting."""
     if setting.startswith('ort'):

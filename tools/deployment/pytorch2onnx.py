@@ -1,7 +1,7 @@
 """Export a RIS model to ONNX, FP32 or with calibrated quantizers as QDQ.
 
-    python tools/deployment/pytorch2onnx.py CONFIG CHECKPOINT --out model.onnx
-    python tools/deployment/pytorch2onnx.py CONFIG CHECKPOINT --out w8a8.onnx \\
+    python tools/deployment/pytorch2onnx.py CONFIG CHECKPOINT --out m.onnx
+    python tools/deployment/pytorch2onnx.py CONFIG CHECKPOINT --out q.onnx \\
         --ptq-params work_dirs/<ptq run>/ptq_params.pth
 
 The graph takes ``img`` (B, 3, H, W) float32 (normalised like the config's

@@ -1,0 +1,33 @@
+"""tools/analysis_tools/deploy_benchmark.py on the tiny model: every
+requested setting gets a row with speed, the size of the file it wrote and
+the worker process's own peak memory."""
+import json
+import os.path as osp
+
+import pytest
+
+from ..conftest import load_tool
+from ..test_deploy.conftest import tiny_model_cfg  # noqa: F401
+
+pytest.importorskip('onnxruntime')
+
+
+@pytest.mark.slow
+def test_benchmark_rows(tiny_model_cfg, tmp_path):  # noqa: F811
+    cfg_path = str(tmp_path / 'tiny.py')
+    tiny_model_cfg.dump(cfg_path)
+    tool = load_tool('analysis_tools/deploy_benchmark.py')
+    out = str(tmp_path / 'bench')
+    settings = ['torch-fp32', 'ort-fp32', 'ort-w8a8']
+    assert tool.main(['--model', 'tiny', cfg_path, 'random', '--settings',
+                      *settings, '--calib-samples', '2', '--runs', '2',
+                      '--warmup', '1', '--threads', '1', '--out',
+                      out]) == 0
+    with open(osp.join(out, 'deploy_benchmark.json')) as f:
+        rows = {r['setting']: r for r in json.load(f)}
+    assert set(rows) == set(settings)
+    for setting, row in rows.items():
+        assert row['ms_1'] > 0 and row['rss_mib'] > 0
+    # measured files: the int8 ONNX file is smaller than the FP32 one
+    assert rows['ort-w8a8']['file_mib'] < rows['ort-fp32']['file_mib']
+    assert rows['ort-w8a8']['info']['folded']['int8'] > 0
