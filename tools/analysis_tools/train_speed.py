@@ -8,7 +8,8 @@ step). Each setting runs in its own process, so peak memory (RSS on CPU,
 ``torch.cuda.max_memory_allocated`` on GPU) is that setting's alone; with
 ``--vs`` the two settings alternate process by process for ``--rounds``
 rounds, so a noisy machine slows both alike and the ratio is measured side
-by side.
+by side. The ratio of the fastest steps is printed too: on a machine that
+others load, the fastest step is the least disturbed one.
 
 Examples::
 
@@ -215,8 +216,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         rate = rows[0]['median'] / rows[1]['median']
         memory = rows[1]['peak'] / rows[0]['peak']
         per_round = ', '.join(f'{p:.2f}' for p in pairs)
-        print(f'step-rate ratio B/A: {rate:.2f}x (per round: {per_round}); '
-              f'peak memory B/A: {memory:.2f}x')
+        fastest = rows[0]['low'] / rows[1]['low']
+        print(f'step-rate ratio B/A: {rate:.2f}x (per round: {per_round}; '
+              f'fastest steps: {fastest:.2f}x); peak memory B/A: '
+              f'{memory:.2f}x')
 
 
 if __name__ == '__main__':
