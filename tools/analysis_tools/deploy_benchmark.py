@@ -304,13 +304,15 @@ def run_worker(name, cfg_path, ckpt, setting, path, args, evaluate_):
 
 
 def table(rows) -> str:
+    nan = float('nan')  # thread counts not measured
     head = ('| model | setting | ms/img 1 thr | ms/img 2 thr | file (MiB) | '
             'peak RSS (MiB) | mIoU | oIoU |')
     lines = [head, '|' + '---|' * 8]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['setting']} | {r['ms_1']:.1f} | "
-            f"{r['ms_2']:.1f} | {r['file_mib']:.1f} | {r['rss_mib']:.0f} | "
+            f"| {r['model']} | {r['setting']} | {r.get('ms_1', nan):.1f} | "
+            f"{r.get('ms_2', nan):.1f} | {r['file_mib']:.1f} | "
+            f"{r['rss_mib']:.0f} | "
             f"{r.get('mIoU', '-')} | {r.get('oIoU', '-')} |")
     return '\n'.join(lines)
 
