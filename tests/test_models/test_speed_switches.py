@@ -130,26 +130,31 @@ def test_with_cp_saves_fewer_activations(name):
     assert ckpt < 0.5 * plain, (name, ckpt, plain)
 
 
-def test_with_cp_is_off_in_eval_and_no_grad():
-    """Inference keeps the plain forward (nothing to recompute, and ONNX
-    export / tracing sees no checkpoint)."""
+def test_with_cp_is_off_in_eval_and_no_grad(monkeypatch):
+    """Without autograd (``torch.no_grad``: mmengine's val / test loops,
+    inference, export) the plain forward runs, even in train mode; a
+    training forward goes through one checkpoint per Swin block and PWAM."""
+    import torch.utils.checkpoint as cp
+    from ris_plugins.models.utils import checkpoint as ours
     model, cfg = build(LAVT, {'model.backbone.with_cp': True})
     img, tokens, mask = inputs(cfg)
     calls = []
-    import torch.utils.checkpoint as cp
-    original = cp.checkpoint
 
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
+    def spy(fn):
+        def wrapped(*args, **kwargs):
+            calls.append(1)
+            return fn(*args, **kwargs)
+        return wrapped
 
-    cp.checkpoint = spy
-    try:
-        with torch.no_grad():
-            model.eval()(img, tokens, mask)
-    finally:
-        cp.checkpoint = original
+    monkeypatch.setattr(cp, 'checkpoint', spy(cp.checkpoint))  # Swin
+    monkeypatch.setattr(ours, 'checkpoint', spy(ours.checkpoint))  # PWAM
+    with torch.no_grad():
+        model.train()(img, tokens, mask)
+        model.eval()(img, tokens, mask)
     assert not calls
+    model.train()(img, tokens, mask)
+    blocks = sum(len(stage.blocks) for stage in model.backbone.stages)
+    assert len(calls) == blocks + len(model.backbone.pwams)
 
 
 def pwam_inputs(b=2, n=30, c=16, ct=12, length=7):

@@ -25,9 +25,11 @@ def maybe_checkpoint(fn: Callable, *args, enabled: bool,
     drop-path masks are the same). Outputs and gradients equal the plain
     call up to float rounding.
 
-    Skipped (plain call) in eval / ``no_grad`` and when neither an input
-    nor any of ``params`` requires a gradient (nothing to save), e.g. a
-    frozen tower at inference.
+    Skipped (plain call) when autograd is off (``torch.no_grad``, as in
+    mmengine's val / test loops and inference) and when neither an input
+    nor any of ``params`` requires a gradient (nothing to save). Eval mode
+    alone does not switch it off: frozen towers run in eval mode while
+    gradients flow through them to adapters (ETRIS, BarLeRIa).
 
     Args:
         fn (Callable): Module or function.
