@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor
 
@@ -19,6 +20,22 @@ def _mlp(in_dims: int, hidden: int, out_dims: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(in_dims, hidden), nn.ReLU(inplace=True),
         nn.Linear(hidden, out_dims))
+
+
+def _sdpa(query: Tensor, key: Tensor, value: Tensor,
+          bias: Optional[Tensor], scale: float) -> Tensor:
+    """``softmax(query key^T * scale + bias) value`` through
+    ``F.scaled_dot_product_attention``: query (B, N, D), key / value
+    (B, M, D), bias broadcastable to (B, N, M) or None -> (B, N, D).
+
+    Under autocast the inputs are cast to the autocast dtype (the fused
+    kernel needs one dtype; a residual sum can be float32 there)."""
+    device = query.device.type
+    dtype = (torch.get_autocast_dtype(device)
+             if torch.is_autocast_enabled(device) else query.dtype)
+    return F.scaled_dot_product_attention(
+        query.to(dtype), key.to(dtype), value.to(dtype),
+        attn_mask=None if bias is None else bias.to(dtype), scale=scale)
 
 
 @MODELS.register_module()
@@ -76,6 +93,20 @@ class HLABlock(BaseModule):
         use_lw (bool): Language-weighted attention on/off.
         replace_with_cross_attn (bool): Replace HLA by cross-attention.
         num_heads (int): Heads of the replacement cross-attention.
+        use_sdpa (bool): Compute every ``softmax(A) (. W)`` product (LWA,
+            VWA, feedback) with ``F.scaled_dot_product_attention`` and
+            never form A (B, N, T) or its probabilities (default False:
+            the explicit products above, as for PWAM's ``use_sdpa``).
+            Padded words get the additive -1e4 logit instead of -1e4 as
+            the logit, and for VWA their query is zeroed, which gives
+            the explicit path's uniform average over the visual tokens;
+            with at least one real word per sentence the outputs and
+            gradients equal the explicit path's to float rounding
+            (``tests/test_models/test_sdpa_switches.py``). The
+            cross-attention replacement is ``nn.MultiheadAttention``
+            called with ``need_weights=False``, already SDPA in torch.
+            No quantization adapter exists for this block (its products
+            stay float under PTQ), so the switch does not change PTQ.
         init_cfg (dict, optional): Initialisation config.
 
     Raises:
@@ -98,6 +129,7 @@ class HLABlock(BaseModule):
                  use_lw: bool = True,
                  replace_with_cross_attn: bool = False,
                  num_heads: int = 8,
+                 use_sdpa: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         if feedback_at not in FEEDBACK_AT:
@@ -113,6 +145,7 @@ class HLABlock(BaseModule):
         self.text_channels = text_channels
         self.sent_channels = sent_channels
         self.embed_dims = embed_dims
+        self.use_sdpa = use_sdpa
         self.feedback_at = feedback_at
         self.feedback_mode = feedback_mode
         self.cross_attn_only = replace_with_cross_attn
@@ -191,6 +224,39 @@ class HLABlock(BaseModule):
             prob = self.attention_logits(v + f, w, pad_mask).softmax(-1)
         return self.lwa(v, prob, w)
 
+    def _fuse_sdpa(self, v: Tensor, w: Tensor, pad_mask: Tensor,
+                   sent: Tensor) -> Tuple[Tensor, Tensor]:
+        """LWA, VWA and feedback (eq. 1-3) through
+        :func:`_sdpa`: v (B, N, D), w (B, T, D), pad_mask (B, T) True at
+        padding, sent (B, C_s) -> visual (B, N, D), words (B, T, D)."""
+        scale = self.embed_dims**-0.5
+        qv, kw = self.q(v), self.k(w)  # (B, N, D), (B, T, D)
+        out_w = w
+        if self.use_vw:  # A^T: words query the visual tokens
+            real = (~pad_mask).unsqueeze(-1).to(kw.dtype)  # (B, T, 1)
+            att = _sdpa(kw * real, qv, self.vw_value(v), None, scale)
+            out_w = self.w_norm(w + self.vw_out(att))  # (B, T, D)
+        if not self.use_lw:
+            return self.v_norm(v), out_w
+        bias = torch.zeros_like(pad_mask, dtype=qv.dtype).masked_fill(
+            pad_mask, MASK_VALUE).unsqueeze(1)  # (B, 1, T)
+        value = self.lw_value(w)  # (B, T, D)
+        lang = _sdpa(qv, kw, value, bias, scale)  # softmax_T(A) w Wv
+        out_v = self.v_norm(v + self.lw_out(lang))  # (B, N, D)
+        if not self.use_feedback:
+            return out_v, out_w
+        f = self.feedback(out_v * self.s_proj(sent)[:, None, :])
+        if self.feedback_at == 'visual':
+            v_fb = torch.sigmoid(f) * v if self.feedback_mode == 'gate' \
+                else v + f  # (B, N, D)
+            lang = _sdpa(self.q(v_fb), kw, value, bias, scale)
+            return self.v_norm(v_fb + self.lw_out(lang)), out_w
+        if self.feedback_mode == 'gate':  # per-token scale of softmax(A)
+            lang = torch.sigmoid(f) * lang  # (B, N, D)
+        else:
+            lang = _sdpa(self.q(v + f), kw, value, bias, scale)
+        return self.v_norm(v + self.lw_out(lang)), out_w
+
     def forward(self, visual: Tensor, words: Tensor, pad_mask: Tensor,
                 sent: Tensor) -> Tuple[Tensor, Tensor]:
         """Run the block.
@@ -213,6 +279,8 @@ class HLABlock(BaseModule):
             att, _ = self.cross_attn(v, w, w, key_padding_mask=pad_mask,
                                      need_weights=False)  # (B, N, D)
             out_v, out_w = self.v_norm(v + att), w
+        elif self.use_sdpa and (self.use_lw or self.use_vw):
+            out_v, out_w = self._fuse_sdpa(v, w, pad_mask, sent)
         else:
             logits = (self.attention_logits(v, w, pad_mask)
                       if self.use_lw or self.use_vw else None)  # (B, N, T)

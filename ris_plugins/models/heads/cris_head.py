@@ -124,6 +124,9 @@ class CRISHead(BaseRefDecodeHead):
         decoder_dropout (float): Decoder dropout (CRIS: 0.1).
         kernel_size (int): Dynamic kernel size (CRIS: 3).
         loss_at (str): ``'logits'`` or ``'label'`` resolution (above).
+        use_sdpa (bool): Decoder attention through
+            ``F.scaled_dot_product_attention`` (default True, see
+            :class:`VLTransformerDecoder`).
         **kwargs: :class:`BaseRefDecodeHead` arguments; default
             ``threshold=0.35`` (CRIS).
 
@@ -142,12 +145,14 @@ class CRISHead(BaseRefDecodeHead):
                  decoder_dropout: float = 0.1,
                  kernel_size: int = 3,
                  loss_at: str = 'logits',
+                 use_sdpa: bool = True,
                  **kwargs) -> None:
         kwargs.setdefault('threshold', 0.35)
         super().__init__(in_channels, channels, loss_at=loss_at, **kwargs)
         self.decoder = VLTransformerDecoder(num_layers, in_channels,
                                             num_heads, ffn_channels,
-                                            decoder_dropout, text_channels)
+                                            decoder_dropout, text_channels,
+                                            use_sdpa)
         self.projector = TextConditionedProjector(
             in_channels, channels, sent_channels, kernel_size, self.norm_cfg)
 

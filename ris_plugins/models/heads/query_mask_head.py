@@ -1,5 +1,5 @@
 """HARIS's query-token mask decoder as an mmseg decode head."""
-from typing import Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -64,6 +64,17 @@ class QueryMaskHead(BaseRefDecodeHead):
         decoder_replaced (bool): Plain conv head instead (see above).
         loss_at (str): ``'label'`` (logits bilinearly upsampled to the
             label, mmseg's default) or ``'logits'`` (label nearest-resized).
+        use_sdpa (bool): Run the decoder's attentions through
+            ``F.scaled_dot_product_attention`` (default False, as PWAM's
+            ``use_sdpa``). mmcv's ``MultiheadAttention`` calls its inner
+            ``nn.MultiheadAttention`` with ``need_weights=True``, which
+            torch computes with explicit bmm / softmax and averaged
+            weights that mmcv drops; the switch makes those calls
+            ``need_weights=False``, torch's SDPA path. Same parameters
+            and outputs to float rounding. The quantization adapter of
+            ``nn.MultiheadAttention`` computes through ``matmul1`` /
+            ``matmul2`` whatever ``need_weights`` is, so a quantized
+            head is unaffected.
         **kwargs: :class:`BaseRefDecodeHead` arguments; default
             ``threshold=0.5``.
 
@@ -85,6 +96,7 @@ class QueryMaskHead(BaseRefDecodeHead):
                  num_mlp_layers: int = 3,
                  decoder_replaced: bool = False,
                  loss_at: str = 'label',
+                 use_sdpa: bool = False,
                  **kwargs) -> None:
         if num_layers < 1 or num_mlp_layers < 1:
             raise ValueError(f'num_layers and num_mlp_layers must be >= 1, '
@@ -100,6 +112,7 @@ class QueryMaskHead(BaseRefDecodeHead):
         ])
         super().__init__(in_channels, channels, loss_at=loss_at, **kwargs)
         self.decoder_replaced = decoder_replaced
+        self.use_sdpa = use_sdpa
         self.upsample = nn.Sequential(
             ConvModule(in_channels, channels, 3, padding=1,
                        norm_cfg=self.norm_cfg, act_cfg=self.act_cfg),
@@ -124,6 +137,18 @@ class QueryMaskHead(BaseRefDecodeHead):
                 operation_order=OPERATION_ORDER,
                 batch_first=True) for _ in range(num_layers))
         self.mask_mlp = _mlp([in_channels] * num_mlp_layers + [channels])
+        for layer in self.layers:
+            for attention in layer.attentions:  # mmcv MultiheadAttention
+                attention.attn.register_forward_pre_hook(
+                    self._attention_kwargs, with_kwargs=True)
+
+    def _attention_kwargs(self, module: nn.Module, args: Tuple,
+                          kwargs: Dict[str, Any]) -> Tuple[Tuple, Dict]:
+        """Forward pre-hook of the decoder's ``nn.MultiheadAttention``:
+        ``need_weights=False`` (torch's SDPA path) when ``use_sdpa``."""
+        if self.use_sdpa:
+            kwargs['need_weights'] = False
+        return args, kwargs
 
     def _check(self, x: Tensor, text: TextFeatures) -> None:
         widths = (x.shape[1], text.word_feats.shape[-1])

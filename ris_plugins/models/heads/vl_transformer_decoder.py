@@ -28,6 +28,7 @@ class VLTransformerDecoderLayer(nn.Module):
         ffn_dim (int): F, FFN hidden width (CRIS: 2048).
         dropout (float): Dropout probability (CRIS: 0.1).
         text_dim (int, optional): D_t, word width; default D.
+        use_sdpa (bool): See :class:`VLTransformerDecoder`.
     """
 
     def __init__(self,
@@ -35,9 +36,11 @@ class VLTransformerDecoderLayer(nn.Module):
                  num_heads: int = 8,
                  ffn_dim: int = 2048,
                  dropout: float = 0.1,
-                 text_dim: Optional[int] = None) -> None:
+                 text_dim: Optional[int] = None,
+                 use_sdpa: bool = True) -> None:
         super().__init__()
         text_dim = text_dim or dim
+        self.use_sdpa = use_sdpa
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
@@ -70,7 +73,10 @@ class VLTransformerDecoderLayer(nn.Module):
         """
         x = self.norm1(vis)  # (N, B, D)
         qk = x + vis_pos
-        x = self.self_attn(qk, qk, value=x, need_weights=False)[0]
+        # need_weights=False: torch's F.scaled_dot_product_attention path;
+        # True: explicit bmm / softmax (the returned weights are dropped).
+        x = self.self_attn(qk, qk, value=x,
+                           need_weights=not self.use_sdpa)[0]
         vis = vis + self.dropout1(self.self_attn_norm(x))  # (N, B, D)
         x = self.norm2(vis)
         x = self.cross_attn(
@@ -78,7 +84,7 @@ class VLTransformerDecoderLayer(nn.Module):
             key=words + word_pos,
             value=words,
             key_padding_mask=pad_mask,
-            need_weights=False)[0]  # (N, B, D)
+            need_weights=not self.use_sdpa)[0]  # (N, B, D)
         vis = vis + self.dropout2(self.cross_attn_norm(x))
         return vis + self.dropout3(self.ffn(self.norm3(vis)))  # (N, B, D)
 
@@ -101,6 +107,17 @@ class VLTransformerDecoder(nn.Module):
         ffn_dim (int): F (CRIS: 2048).
         dropout (float): Dropout (CRIS: 0.1).
         text_dim (int, optional): D_t, word width; default D.
+        use_sdpa (bool): Call the ``nn.MultiheadAttention`` layers with
+            ``need_weights=False``, which torch computes with
+            ``F.scaled_dot_product_attention`` (default True: this
+            decoder has always done so; it is the one module whose
+            default is the fused path). False: ``need_weights=True``,
+            torch's explicit bmm / softmax path, for comparison (see
+            ``configs/cris/README.md``). Same parameters and outputs to
+            float rounding. The quantization adapter of
+            ``nn.MultiheadAttention`` computes through ``matmul1`` /
+            ``matmul2`` whatever ``need_weights`` is, so PTQ is
+            unaffected.
 
     Raises:
         ValueError: ``num_layers < 1``; at forward, inputs whose widths do
@@ -113,7 +130,8 @@ class VLTransformerDecoder(nn.Module):
                  num_heads: int = 8,
                  ffn_dim: int = 2048,
                  dropout: float = 0.1,
-                 text_dim: Optional[int] = None) -> None:
+                 text_dim: Optional[int] = None,
+                 use_sdpa: bool = True) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f'num_layers must be >= 1, got {num_layers}')
@@ -121,7 +139,7 @@ class VLTransformerDecoder(nn.Module):
         self.text_dim = text_dim or dim
         self.layers = nn.ModuleList(
             VLTransformerDecoderLayer(dim, num_heads, ffn_dim, dropout,
-                                      self.text_dim)
+                                      self.text_dim, use_sdpa)
             for _ in range(num_layers))
         self.norm = nn.LayerNorm(dim)
 
