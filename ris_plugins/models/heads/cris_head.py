@@ -127,6 +127,8 @@ class CRISHead(BaseRefDecodeHead):
         use_sdpa (bool): Decoder attention through
             ``F.scaled_dot_product_attention`` (default True, see
             :class:`VLTransformerDecoder`).
+        with_cp (bool): Activation checkpointing of every decoder layer
+            (default False, see :class:`VLTransformerDecoder`).
         **kwargs: :class:`BaseRefDecodeHead` arguments; default
             ``threshold=0.35`` (CRIS).
 
@@ -146,13 +148,14 @@ class CRISHead(BaseRefDecodeHead):
                  kernel_size: int = 3,
                  loss_at: str = 'logits',
                  use_sdpa: bool = True,
+                 with_cp: bool = False,
                  **kwargs) -> None:
         kwargs.setdefault('threshold', 0.35)
         super().__init__(in_channels, channels, loss_at=loss_at, **kwargs)
         self.decoder = VLTransformerDecoder(num_layers, in_channels,
                                             num_heads, ffn_channels,
                                             decoder_dropout, text_channels,
-                                            use_sdpa)
+                                            use_sdpa, with_cp)
         self.projector = TextConditionedProjector(
             in_channels, channels, sent_channels, kernel_size, self.norm_cfg)
 

@@ -9,6 +9,7 @@ from torch import Tensor
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
+from ..utils.checkpoint import maybe_checkpoint
 
 
 @MODELS.register_module()
@@ -26,6 +27,14 @@ class LAVTHead(BaseDecodeHead):
         in_channels (Sequence[int]): Widths of F_1..F_4, e.g.
             ``[128, 256, 512, 1024]``.
         channels (int): Hidden width (LAVT: ``C_4 // 2`` = 512).
+        with_cp (bool): Activation checkpointing of each of the three
+            fusion levels (upsampling, concatenation and the two
+            conv-BN-ReLU): their activations (at 480², batch 2, about
+            0.5 GB in float32, most of it at stride 4) are recomputed in
+            backward instead of kept. Outputs and gradients are the same;
+            the BatchNorms' running statistics are restored after the
+            recomputation, so they are updated once per step as without
+            it. Off without autograd (``torch.no_grad``). Default False.
         **kwargs: :class:`mmseg.models.decode_heads.BaseDecodeHead`
             arguments (``num_classes=2``, ``loss_decode``, ...). Defaults
             to ``in_index=(0, 1, 2, 3)``, ``input_transform='multiple_select'``,
@@ -36,7 +45,7 @@ class LAVTHead(BaseDecodeHead):
     """
 
     def __init__(self, in_channels: Sequence[int], channels: int,
-                 **kwargs) -> None:
+                 with_cp: bool = False, **kwargs) -> None:
         if len(in_channels) != 4:
             raise ValueError(f'LAVTHead needs 4 input widths, got '
                              f'{list(in_channels)}')
@@ -46,6 +55,7 @@ class LAVTHead(BaseDecodeHead):
         kwargs.setdefault('dropout_ratio', 0.0)
         kwargs.setdefault('norm_cfg', dict(type='BN'))
         super().__init__(list(in_channels), channels, **kwargs)
+        self.with_cp = with_cp
         skips = list(in_channels[:3])[::-1]  # F_3, F_2, F_1 widths
         tops = [in_channels[3]] + [channels] * 2
         self.fuse = nn.ModuleList(
@@ -62,8 +72,18 @@ class LAVTHead(BaseDecodeHead):
         feats: List[Tensor] = self._transform_inputs(inputs)
         y = feats[3]  # (B, C_4, H/32, W/32)
         for skip, fuse in zip(feats[2::-1], self.fuse):
-            if y.shape[-2:] != skip.shape[-2:]:
-                y = resize(y, size=skip.shape[-2:], mode='bilinear',
-                           align_corners=self.align_corners)
-            y = fuse(torch.cat([y, skip], dim=1))  # (B, channels, h, w)
+            y = maybe_checkpoint(
+                self._fuse_level, y, skip, fuse, enabled=self.with_cp,
+                params=fuse.parameters(),
+                norm_module=fuse)  # (B, channels, h, w)
         return self.cls_seg(y)
+
+    def _fuse_level(self, y: Tensor, skip: Tensor,
+                    fuse: nn.Module) -> Tensor:
+        """One top-down step: y (B, C, h', w') upsampled to skip's size,
+        concatenated with skip (B, C_i, h, w) and fused -> (B, channels,
+        h, w)."""
+        if y.shape[-2:] != skip.shape[-2:]:
+            y = resize(y, size=skip.shape[-2:], mode='bilinear',
+                       align_corners=self.align_corners)
+        return fuse(torch.cat([y, skip], dim=1))

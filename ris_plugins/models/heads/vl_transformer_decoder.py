@@ -7,6 +7,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..utils import sine_pos_1d, sine_pos_2d
+from ..utils.checkpoint import maybe_checkpoint
 
 
 class VLTransformerDecoderLayer(nn.Module):
@@ -118,6 +119,12 @@ class VLTransformerDecoder(nn.Module):
             ``nn.MultiheadAttention`` computes through ``matmul1`` /
             ``matmul2`` whatever ``need_weights`` is, so PTQ is
             unaffected.
+        with_cp (bool): Activation checkpointing of each layer (its
+            attention probabilities, dropout masks and FFN activations
+            are recomputed in backward instead of kept: about 0.2 GB per
+            layer for CRIS RN50 at 416², batch 2). Same outputs and
+            gradients (dropout masks are replayed); no BatchNorm inside.
+            Off without autograd. Default False.
 
     Raises:
         ValueError: ``num_layers < 1``; at forward, inputs whose widths do
@@ -131,11 +138,13 @@ class VLTransformerDecoder(nn.Module):
                  ffn_dim: int = 2048,
                  dropout: float = 0.1,
                  text_dim: Optional[int] = None,
-                 use_sdpa: bool = True) -> None:
+                 use_sdpa: bool = True,
+                 with_cp: bool = False) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f'num_layers must be >= 1, got {num_layers}')
         self.dim = dim
+        self.with_cp = with_cp
         self.text_dim = text_dim or dim
         self.layers = nn.ModuleList(
             VLTransformerDecoderLayer(dim, num_heads, ffn_dim, dropout,
@@ -171,6 +180,8 @@ class VLTransformerDecoder(nn.Module):
         x = vis.flatten(2).permute(2, 0, 1)  # (H*W, B, D)
         txt = words.transpose(0, 1)  # (L, B, D_t)
         for layer in self.layers:
-            x = layer(x, txt, vis_pos, word_pos, pad_mask)  # (H*W, B, D)
+            x = maybe_checkpoint(layer, x, txt, vis_pos, word_pos,
+                                 pad_mask, enabled=self.with_cp,
+                                 params=layer.parameters())  # (H*W, B, D)
         x = self.norm(x)  # (H*W, B, D)
         return x.permute(1, 2, 0).reshape(b, d, h, w)  # (B, D, H, W)
