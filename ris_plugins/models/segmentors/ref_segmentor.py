@@ -13,7 +13,8 @@ from mmseg.utils import (ConfigType, OptConfigType, OptMultiConfig,
                          OptSampleList, SampleList, add_prefix)
 from ...utils.param_report import log_param_table
 from ..data_preprocessors import RefDataPreProcessor
-from ..utils import TextFeatures, check_text_widths, check_widths
+from ..utils import (TextFeatureCache, TextFeatures, check_text_widths,
+                     check_widths)
 
 #: How a backbone reads the sentence (its ``text_input`` attribute):
 #: ``None`` -> ``backbone(img)``; ``'features'`` -> ``backbone(img, text)``
@@ -88,6 +89,10 @@ class RefSegmentor(BaseSegmentor):
         pretrained (str, optional): Backbone checkpoint, as mmseg's
             ``EncoderDecoder``: sets the backbone's ``init_cfg`` (mmseg's
             ``init_model`` passes None).
+        text_cache_size (int): While training, remember the outputs of a
+            frozen text encoder for up to this many sentences
+            (:class:`TextFeatureCache`), so a sentence is encoded once per
+            stretch of training, not once per step. 0 (default): off.
         init_cfg (dict, optional): Initialisation config.
 
     Raises:
@@ -95,7 +100,9 @@ class RefSegmentor(BaseSegmentor):
             with a backbone that encodes text itself (or missing without
             one); a backbone ``text_input`` outside
             :data:`BACKBONE_TEXT_INPUTS`; a data preprocessor other than
-            :class:`RefDataPreProcessor`; mismatched widths. At forward:
+            :class:`RefDataPreProcessor`; mismatched widths;
+            ``text_cache_size`` > 0 with a text encoder that has trainable
+            parameters or without a separate text encoder. At forward:
             no ``tokens`` / ``text_mask``.
     """
 
@@ -109,6 +116,7 @@ class RefSegmentor(BaseSegmentor):
                  test_cfg: OptConfigType = None,
                  data_preprocessor: OptConfigType = None,
                  pretrained: Optional[str] = None,
+                 text_cache_size: int = 0,
                  init_cfg: OptMultiConfig = None) -> None:
         super().__init__(
             data_preprocessor=data_preprocessor
@@ -138,6 +146,8 @@ class RefSegmentor(BaseSegmentor):
         self.out_channels = self.decode_head.out_channels
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
+        self.text_cache = self._build_text_cache(text_cache_size)
+        self._register_load_state_dict_pre_hook(self._clear_text_cache)
         self._log_params()
 
     # ---------------------------------------------------------------- build
@@ -155,6 +165,34 @@ class RefSegmentor(BaseSegmentor):
                               "needs a text_encoder (only a backbone with "
                               "text_input='tokens' may go without one)"))
         return text_input
+
+    def _build_text_cache(self, size: int) -> Optional[TextFeatureCache]:
+        """The cache of a frozen text encoder's outputs, or None."""
+        if not size:
+            return None
+        if self.text_encoder is None:
+            raise ValueError(
+                f'text_cache_size={size}: {type(self.backbone).__name__} '
+                'encodes the text itself; only a separate frozen '
+                'text_encoder can be cached')
+        trainable = [n for n, p in self.text_encoder.named_parameters()
+                     if p.requires_grad]
+        if trainable:
+            raise ValueError(
+                f'text_cache_size={size} needs a frozen text_encoder, but '
+                f'{len(trainable)} of its parameters train (first: '
+                f'{trainable[0]!r}); set frozen=True or text_cache_size=0')
+        return TextFeatureCache(size)
+
+    def _clear_text_cache(self, *args) -> None:
+        if getattr(self, 'text_cache', None) is not None:
+            self.text_cache.clear()
+
+    def train(self, mode: bool = True) -> 'RefSegmentor':
+        """``nn.Module.train``; also empties the text cache, so cached
+        features never outlive a stretch of training."""
+        self._clear_text_cache()
+        return super().train(mode)
 
     @property
     def text_source(self) -> Tuple[str, nn.Module]:
@@ -229,7 +267,8 @@ class RefSegmentor(BaseSegmentor):
                          "'predict', 'loss'")
 
     def encode_text(self, tokens: Tensor, text_mask: Tensor) -> TextFeatures:
-        """Run the text encoder on (B, L) tokens and mask.
+        """Run the text encoder on (B, L) tokens and mask (through the text
+        cache while training, when ``text_cache_size`` > 0).
 
         Raises:
             ValueError: The backbone encodes the text itself (use
@@ -239,6 +278,8 @@ class RefSegmentor(BaseSegmentor):
             raise ValueError(
                 f'{type(self.backbone).__name__} encodes the text together '
                 'with the image; there is no separate text encoder')
+        if self.text_cache is not None and self.training:
+            return self.text_cache(self.text_encoder, tokens, text_mask)
         return self.text_encoder(tokens, text_mask)
 
     def _extract(self, inputs: Tensor, tokens: Tensor,
