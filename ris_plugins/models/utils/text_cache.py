@@ -81,4 +81,3 @@ class TextFeatureCache:
         self._entries[key] = entry
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
-
