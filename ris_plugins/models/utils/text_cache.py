@@ -16,12 +16,12 @@ class TextFeatureCache:
     A frozen text encoder in eval mode is a fixed function of ``(tokens,
     mask)``, so a sentence seen in an earlier training step need not be
     encoded again: its row of :class:`TextFeatures` is looked up by the
-    bytes of its token and mask rows. Only the missing sentences of a batch
-    are encoded, as one smaller batch; the result is the same function of
-    the sentence, so training with the cache gives the same text features
-    as without it (to the float rounding of a different batch size, about
-    1e-7 relative). The cache keeps at most ``max_entries`` sentences,
-    dropping the least recently used.
+    bytes of its token and mask rows. A sentence not cached yet is encoded
+    alone (batch 1), so its features never depend on the rest of its batch
+    and a resumed run looks up the same values as the uninterrupted one;
+    they equal the batched encoder's to float rounding (about 1e-7
+    relative). The cache keeps at most ``max_entries`` sentences, dropping
+    the least recently used.
 
     Used by :class:`RefSegmentor` (``text_cache_size``) while training; it
     is cleared whenever the model changes mode or loads a state dict, so
@@ -66,10 +66,10 @@ class TextFeatureCache:
         """
         keys = [self._key(t, m) for t, m in zip(tokens, mask)]
         missing = [i for i, k in enumerate(keys) if k not in self._entries]
-        if missing:
-            fresh = encode(tokens[missing], mask[missing])
-            for j, i in enumerate(missing):
-                self._store(keys[i], tuple(f[j].detach() for f in fresh))
+        for i in missing:  # alone, so a row never depends on its batch
+            if keys[i] not in self._entries:  # a repeat in this batch
+                fresh = encode(tokens[i:i + 1], mask[i:i + 1])
+                self._store(keys[i], tuple(f[0].detach() for f in fresh))
         rows: List[Entry] = []
         for k in keys:
             self._entries.move_to_end(k)
