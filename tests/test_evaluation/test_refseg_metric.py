@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -163,3 +165,39 @@ def test_cris_family_configs_count_pr_as_cris(name):
     for key in ('val_evaluator', 'test_evaluator'):
         assert cfg[key]['pr_thresholds'] == 'cris'
         assert cfg[key]['pr_op'] == '>'
+
+
+def test_per_sample_file(tmp_path):
+    path = str(tmp_path / 'deep' / 'val_samples.json')
+    metric = RefSegMetric(per_sample_file=path)
+    metric.dataset_meta = {}
+    cases = [(30, 60), (0, 40), (0, 0)]  # hand-made (I, U) per sample
+    for k, (inter, union) in enumerate(cases):
+        ds = sample(*masks_with(inter, union))
+        ds.update(ref_id=10 + k, sent_id=k, img_path=f'im{k}.jpg',
+                  text=f'sentence {k}')
+        metric.process({}, [ds])
+    metric.evaluate(3)
+    rows = json.load(open(path))
+    assert [(r['ref_id'], r['sent_id'], r['inter'], r['union'])
+            for r in rows] == [(10, 0, 30, 60), (11, 1, 0, 40),
+                               (12, 2, 0, 0)]
+    assert [r['iou'] for r in rows] == [0.5, 0.0, 0.0]
+    assert rows[2]['img_path'] == 'im2.jpg'
+    assert rows[2]['text'] == 'sentence 2'
+    assert [p.name for p in (tmp_path / 'deep').iterdir()] == [
+        'val_samples.json']  # no temporary file left behind
+
+
+def test_per_sample_file_is_never_half_written(tmp_path, monkeypatch):
+    path = tmp_path / 'samples.json'
+    path.write_text('previous')
+    metric = RefSegMetric(per_sample_file=str(path))
+    metric.dataset_meta = {}
+    ds = sample(*masks_with(5, 10))
+    ds['text'] = object()  # not JSON-serialisable: the dump fails midway
+    metric.process({}, [ds])
+    with pytest.raises(TypeError):
+        metric.evaluate(1)
+    assert path.read_text() == 'previous'
+    assert [p.name for p in tmp_path.iterdir()] == ['samples.json']

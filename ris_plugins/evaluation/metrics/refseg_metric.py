@@ -1,4 +1,7 @@
 """oIoU, mIoU and Pr@X for referring segmentation."""
+import json
+import os
+import os.path as osp
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -129,6 +132,13 @@ class RefSegMetric(BaseMetric):
             IoU of exactly 0.7 at Pr@0.7 only with ``'>='``; ``'cris'``
             counts it with ``'>'``, as CRIS does.
         pr_op (str): ``'>='`` (LAVT) or ``'>'`` (CRIS family).
+        per_sample_file (str, optional): Also write every sample's result
+            to this JSON file (a list, in evaluation order, of ``ref_id``,
+            ``sent_id``, ``img_path``, ``text``, ``inter`` and ``union`` in
+            pixels and ``iou`` in [0, 1]), for error analysis or picking
+            samples to draw (``tools/run_demo.py``'s contact sheet). The
+            file is written whole or not at all (a temporary file renamed
+            into place); its folder is created.
         collect_device (str): ``'cpu'`` or ``'gpu'``.
         prefix (str, optional): Metric name prefix.
 
@@ -150,6 +160,7 @@ class RefSegMetric(BaseMetric):
                  threshold: Optional[float] = None,
                  pr_thresholds: PrThresholds = (0.5, 0.6, 0.7, 0.8, 0.9),
                  pr_op: str = '>=',
+                 per_sample_file: Optional[str] = None,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
@@ -165,6 +176,7 @@ class RefSegMetric(BaseMetric):
         self.pr_thresholds = (pr_thresholds if isinstance(pr_thresholds, str)
                               else tuple(pr_thresholds))
         self.pr_op = pr_op
+        self.per_sample_file = per_sample_file
 
     def _binarize(self, data_sample: dict) -> torch.Tensor:
         if self.threshold is None:
@@ -193,7 +205,9 @@ class RefSegMetric(BaseMetric):
                     inter=inter,
                     union=union,
                     ref_id=ds.get('ref_id'),
-                    sent_id=ds.get('sent_id')))
+                    sent_id=ds.get('sent_id'),
+                    img_path=ds.get('img_path'),
+                    text=ds.get('text')))
 
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
         """Aggregate all samples; see :func:`summarize`."""
@@ -204,4 +218,26 @@ class RefSegMetric(BaseMetric):
         table = ' | '.join(f'{k}: {v:.2f}' for k, v in metrics.items())
         print_log(f'RefSegMetric over {len(results)} samples: {table}',
                   logger)
+        if self.per_sample_file:
+            write_per_sample(results, self.per_sample_file)
+            print_log(f'per-sample results: {self.per_sample_file}', logger)
         return metrics
+
+
+def write_per_sample(results: List[dict], path: str) -> None:
+    """Write :class:`RefSegMetric`'s per-sample results (with ``iou`` =
+    I / U, 0 where U = 0) as a JSON list, atomically: a temporary file in
+    the same folder is renamed to ``path``, so a failure leaves no partial
+    file."""
+    rows = [dict(r, iou=r['inter'] / r['union'] if r['union'] else 0.0)
+            for r in results]
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = osp.join(folder, f'.{osp.basename(path)}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, 'w') as f:
+            json.dump(rows, f)
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
