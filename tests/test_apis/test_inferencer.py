@@ -14,8 +14,7 @@ from mmengine.config import Config
 from mmseg.registry import MODELS
 from ris_plugins.apis import RefSegInferencer, find_config
 
-from ..conftest import DEMO_CFG, ROOT, tiny_cfg
-from ..test_models.test_pinned_outputs import name_seeded_
+from ..conftest import DEMO_CFG, ROOT, name_seeded_, tiny_cfg
 
 SENTENCES = ['the small red circle', 'the blue square on the left',
              'the star left of the green square', 'the large cross']

@@ -11,8 +11,7 @@ from mmseg.apis import init_model
 from mmseg.registry import MODELS
 from ris_plugins.apis import RefSegInferencer, inference_model
 
-from ..conftest import DEMO_CFG
-from ..test_models.test_pinned_outputs import name_seeded_
+from ..conftest import DEMO_CFG, name_seeded_
 
 
 @pytest.fixture(scope='module')

@@ -7,8 +7,7 @@ import os.path as osp
 import pytest
 from mmengine.runner import Runner
 
-from ..conftest import ROOT, run_cfg
-from .test_mim_demo import _mim
+from ..conftest import ROOT, run_cfg, run_mim
 
 DEMOS = sorted(glob.glob(osp.join(ROOT, 'configs', 'demo', '*.py')))
 
@@ -30,6 +29,6 @@ def test_method_trains_and_mim_tests(config, refshapes_root, tmp_path):
     assert losses[-3:].mean() < 0.9 * losses[:3].mean(), losses
     cfg_path = str(tmp_path / 'cfg.py')
     cfg.dump(cfg_path)
-    log = _mim('test', 'mmseg', cfg_path, '--checkpoint',
-               osp.join(work, 'iter_12.pth'), '--work-dir', work, cwd=ROOT)
+    log = run_mim('test', 'mmseg', cfg_path, '--checkpoint',
+                  osp.join(work, 'iter_12.pth'), '--work-dir', work, cwd=ROOT)
     assert 'RefSegMetric over 8 samples' in log

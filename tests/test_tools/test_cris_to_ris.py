@@ -10,8 +10,8 @@ import torch
 
 from ris_plugins.utils.state_dict import load_state_dict_strict
 
-from ..conftest import ROOT, load_tool, text_of
-from ..test_models.test_cris import samples, tiny_model, tokens
+from ..conftest import (ROOT, load_tool, text_of, tiny_cris, token_samples,
+                        tokens, train_py_file)
 
 # Official names (model/segmenter.py, model/layers.py, model/clip.py) and
 # the shapes they have in the tiny model (RN width 8, text width 32,
@@ -53,20 +53,8 @@ def converter():
     return load_tool('model_converters/cris_to_ris.py')
 
 
-def train_py_file(path, state, params) -> None:
-    """Write ``state`` as CRIS's train.py does: DDP ``module.`` keys, plus
-    epoch / IoU / precision and optimizer + MultiStepLR states."""
-    opt = torch.optim.Adam(params, lr=1e-4)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [35], 0.1)
-    torch.save({'epoch': 50, 'cur_iou': 0.7, 'best_iou': 0.71,
-                'prec': {'Pr@50': 0.8, 'Pr@90': 0.2},
-                'state_dict': {'module.' + k: v for k, v in state.items()},
-                'optimizer': opt.state_dict(),
-                'scheduler': sched.state_dict()}, path)
-
-
 def test_official_layout_names_and_shapes():
-    upstream = converter().to_upstream_cris(tiny_model().state_dict())
+    upstream = converter().to_upstream_cris(tiny_cris().state_dict())
     for key, shape in OFFICIAL.items():
         assert tuple(upstream[key].shape) == shape, key
     assert not [k for k in upstream if k.startswith(
@@ -75,7 +63,7 @@ def test_official_layout_names_and_shapes():
 
 def test_round_trip_gives_identical_outputs(tmp_path, monkeypatch):
     conv = converter()
-    model = tiny_model().eval()
+    model = tiny_cris().eval()
     upstream = conv.to_upstream_cris(model.state_dict())
     upstream['backbone.logit_scale'] = torch.tensor(4.6)  # CLIP's, dropped
     src, dst = tmp_path / 'best_model.pth', tmp_path / 'cris_ris.pth'
@@ -83,12 +71,13 @@ def test_round_trip_gives_identical_outputs(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, 'argv', ['cris_to_ris.py', str(src), str(dst)])
     conv.main()
     state = torch.load(dst, map_location='cpu', weights_only=True)
-    fresh = tiny_model()
+    fresh = tiny_cris()
     for p in fresh.parameters():
         torch.nn.init.normal_(p)
     load_state_dict_strict(fresh, state['state_dict'], str(dst))
     fresh.eval()
-    img, ds = torch.randn(2, 3, 64, 64), samples(tokens(6, 4))
+    img, ds = torch.randn(2, 3, 64, 64), token_samples(
+        tokens(6, 4), ori=(48, 64), pad=(0, 0, 8, 8))
     with torch.no_grad():
         torch.testing.assert_close(fresh(img, *text_of(ds)),
                                    model(img, *text_of(ds)),
@@ -97,7 +86,7 @@ def test_round_trip_gives_identical_outputs(tmp_path, monkeypatch):
 
 def test_errors_name_the_file_and_key(tmp_path):
     conv = converter()
-    upstream = conv.to_upstream_cris(tiny_model().state_dict())
+    upstream = conv.to_upstream_cris(tiny_cris().state_dict())
     src = tmp_path / 'odd.pth'
     train_py_file(src, {**upstream, 'neck.mystery.weight': torch.ones(1)},
                   [torch.nn.Parameter(torch.ones(1))])

@@ -7,13 +7,12 @@ import os.path as osp
 import pytest
 
 from ..conftest import load_tool
-from ..test_deploy.conftest import tiny_model_cfg  # noqa: F401
 
 pytest.importorskip('onnxruntime')
 
 
 @pytest.mark.slow
-def test_benchmark_rows(tiny_model_cfg, tmp_path):  # noqa: F811
+def test_benchmark_rows(tiny_model_cfg, tmp_path):
     cfg_path = str(tmp_path / 'tiny.py')
     tiny_model_cfg.dump(cfg_path)
     tool = load_tool('analysis_tools/deploy_benchmark.py')

@@ -13,9 +13,8 @@ from mmengine.config import Config
 from mmseg.registry import MODELS
 from ris_plugins.utils.state_dict import load_state_dict_strict
 
-from ..conftest import ROOT, load_tool, text_of
-from ..test_models.test_etris import samples, tiny_rn_segmentor, tokens
-from .test_cris_to_ris import train_py_file
+from ..conftest import (ROOT, load_tool, text_of, tiny_etris_rn, token_samples,
+                        tokens, train_py_file)
 
 DEMO = osp.join(ROOT, 'configs', 'demo',
                 'etris-small_tiny-vit-clip_1xb16-2k_refshapes-160x160.py')
@@ -88,7 +87,7 @@ def test_vit_official_names_and_round_trip(tmp_path, monkeypatch):
         upstream['bridger.ln_v.0.weight'])
     fresh = randomize(demo_vit())
     load_state_dict_strict(fresh, converted, 'etris vit')
-    ds = samples(tokens(6, 4, total=17), size=160)
+    ds = token_samples(tokens(6, 4, total=17), size=160)
     img = torch.randn(2, 3, 160, 160)
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(img, *text_of(ds)),
@@ -97,7 +96,7 @@ def test_vit_official_names_and_round_trip(tmp_path, monkeypatch):
 
 
 def test_rn_official_names_and_round_trip(tmp_path, monkeypatch):
-    model = tiny_rn_segmentor().eval()
+    model = tiny_etris_rn().eval()
     upstream, converted = round_trip(tmp_path, monkeypatch, model)
     # Bridger_RN + Interactor names (model/bridger.py, model/layers.py).
     for key in ('bridger.zoom_in.0.weight', 'bridger.zoom_out.2.weight',
@@ -112,9 +111,9 @@ def test_rn_official_names_and_round_trip(tmp_path, monkeypatch):
     torch.testing.assert_close(
         converted['backbone.interactions.0.stages.0.fusion_v.norms.2.weight'],
         upstream['bridger.fusion_v.0.norm3.weight'])
-    fresh = randomize(tiny_rn_segmentor())
+    fresh = randomize(tiny_etris_rn())
     load_state_dict_strict(fresh, converted, 'etris rn')
-    ds = samples(tokens(6, 4))
+    ds = token_samples(tokens(6, 4))
     img = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(img, *text_of(ds)),

@@ -10,8 +10,7 @@ import torch
 from mmseg.registry import MODELS
 from ris_plugins.apis import RefSegInferencer
 
-from ..conftest import load_tool, tiny_cfg
-from ..test_models.test_pinned_outputs import name_seeded_
+from ..conftest import load_tool, name_seeded_, tiny_cfg
 
 TEXTS = ['the small red circle', 'the blue square on the left']
 

@@ -11,15 +11,13 @@ from ris_plugins.quantization import (calibrate, quantize_model,
                                       save_quant_params)
 from ris_plugins.utils.synthetic import synthetic_inputs
 
-from ..conftest import load_tool
-from ..test_deploy.conftest import tiny_model_cfg  # noqa: F401
-from ..test_deploy.test_qdq import MINMAX
+from ..conftest import MINMAX, load_tool
 
 pytest.importorskip('onnxruntime')
 
 
 @pytest.fixture
-def tiny_files(tiny_model_cfg, tmp_path):  # noqa: F811
+def tiny_files(tiny_model_cfg, tmp_path):
     """(config file, checkpoint, model) of the tiny baseline."""
     cfg_path = tmp_path / 'tiny.py'
     tiny_model_cfg.dump(str(cfg_path))
@@ -50,7 +48,7 @@ def test_fp_export_and_inferencer(tiny_files, tmp_path, capsys):
         np.testing.assert_allclose(a['prob'], b['prob'], atol=1e-4)
 
 
-def test_bad_ptq_params_are_named(tiny_files, tiny_model_cfg,  # noqa: F811
+def test_bad_ptq_params_are_named(tiny_files, tiny_model_cfg,
                                   tmp_path):
     """A parameter file that is not one, or one calibrated for another
     checkpoint, is refused naming the file, and no .onnx is written."""
@@ -77,7 +75,7 @@ def test_bad_ptq_params_are_named(tiny_files, tiny_model_cfg,  # noqa: F811
 
 
 @pytest.mark.slow
-def test_qdq_export_from_ptq_params(tiny_files, tiny_model_cfg,  # noqa: F811
+def test_qdq_export_from_ptq_params(tiny_files, tiny_model_cfg,
                                     refshapes_root, tmp_path, capsys):
     """--ptq-params: the quant_cfg comes from the file, output ranges from
     the training split; ONNX Runtime runs integer kernels."""
