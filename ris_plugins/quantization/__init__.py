@@ -1,6 +1,7 @@
 """Post-training quantization of RIS models (PTQ4RIS and baselines)."""
 from . import attention  # noqa: F401  (registers the attention adapters)
-from .calibrate import all_gather_caches, calibrate, search_layer
+from .cache import all_gather_caches
+from .calibrate import calibrate, calibrate_on_dataset
 from .matmul import MatMul
 from .params import (file_sha256, load_quant_file, load_quant_params,
                      quant_bits, quant_state_dict, read_quant_params,
@@ -9,11 +10,14 @@ from .qmodules import QuantConv, QuantLinear, QuantMatMul
 from .quantize import (QuantState, quantize_model, restore_model,
                        validate_quant_cfg)
 from .quantizers import *  # noqa: F401,F403
+from .registry import QUANTIZERS
+from .search import search_layer
 
 __all__ = [
-    'MatMul', 'QuantConv', 'all_gather_caches', 'QuantLinear', 'QuantMatMul',
-    'QuantState', 'calibrate', 'file_sha256', 'load_quant_file',
-    'load_quant_params', 'quant_bits', 'quant_state_dict', 'quantize_model',
-    'read_quant_params', 'restore_model', 'save_quant_params', 'search_layer',
+    'MatMul', 'QUANTIZERS', 'QuantConv', 'all_gather_caches', 'QuantLinear',
+    'QuantMatMul', 'QuantState', 'calibrate', 'calibrate_on_dataset',
+    'file_sha256', 'load_quant_file', 'load_quant_params', 'quant_bits',
+    'quant_state_dict', 'quantize_model', 'read_quant_params',
+    'restore_model', 'save_quant_params', 'search_layer',
     'validate_quant_cfg', 'weights_sha256'
 ]

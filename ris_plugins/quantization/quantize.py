@@ -26,22 +26,25 @@ is the first), ``w_bits``, ``a_bits`` (bits only, family kept) and
 unless it has ``optional=True`` (for shared bases that serve several
 models).  A qscheme of ``None`` keeps that input FP.
 A qscheme without ``bits`` takes ``w_bits`` (weights) or ``a_bits``.
-``faithful`` (default False) is passed to every quantizer type that takes
-it (DRQ-softmax, RORQ) unless its qscheme sets it: True reproduces the
-official PTQ4RIS arithmetic, quirks included.
+``faithful`` (default :data:`~.quantizers.DEFAULT_FAITHFUL`, False, the
+same default as the quantizer classes) is passed to every quantizer type
+that takes it unless its qscheme sets it: True reproduces the official
+PTQ4RIS arithmetic, quirks included.  Quantizer types are looked up in
+:data:`~.registry.QUANTIZERS`.
 """
 import copy
 import inspect
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch.nn as nn
-from mmseg.registry import MODELS
 
 from .attention import convert_attention, find_unconverted_attention
 from .matmul import MatMul
 from .qmodules import is_quantized, quant_class_for, restore_float, to_quant
+from .quantizers import DEFAULT_FAITHFUL, check_bits
+from .registry import QUANTIZERS
 
 KINDS = ('Linear', 'Conv', 'MatMul')
 RULE_KEYS = ('pattern', 'types', 'w_qscheme', 'a_qscheme', 'b_qscheme',
@@ -71,12 +74,15 @@ class QuantState:
             embeddings, which stay FP by design).
         unconverted_attention: attention modules with no adapter: their
             products stay FP.
+        converted_attention: names of the attention modules converted to
+            explicit products (see :func:`~.attention.convert_attention`).
     """
     layers: Dict[str, nn.Module] = field(default_factory=dict)
     skipped: List[str] = field(default_factory=list)
     unsupported: List[Tuple[str, str]] = field(default_factory=list)
     unconverted_attention: List[str] = field(default_factory=list)
-    _originals: Dict[str, tuple] = field(default_factory=dict)
+    converted_attention: List[str] = field(default_factory=list)
+    _undo: List[Callable[[], None]] = field(default_factory=list)
 
     def quantizers(self):
         """Yield ``(full name, quantizer)`` for every attached quantizer."""
@@ -92,17 +98,14 @@ def _build_quantizer(scheme: Optional[dict], bits: int, where: str,
     cfg = copy.deepcopy(dict(scheme))
     cfg.setdefault('bits', bits)
     qtype = cfg.get('type')
-    qcls = MODELS.get(qtype) if isinstance(qtype, str) else None
+    qcls = QUANTIZERS.get(qtype) if isinstance(qtype, str) else None
     if qcls is not None and 'faithful' in inspect.signature(
             qcls.__init__).parameters:
         cfg.setdefault('faithful', faithful)
-    if qtype is None or MODELS.get(qtype) is None or not str(
-            qtype).endswith('Quantizer'):
-        valid = sorted(k for k in MODELS.module_dict if k.endswith('Quantizer'))
-        raise ValueError(f'{where}: unknown quantizer type {qtype!r}; valid '
-                         f'types: {valid}')
     try:
-        quantizer = MODELS.build(cfg)
+        quantizer = QUANTIZERS.build(cfg)
+    except KeyError as err:  # unknown type, with the valid ones
+        raise ValueError(f'{where}: {err.args[0]}') from err
     except (ValueError, TypeError) as err:
         raise ValueError(f'{where}: {err}') from err
     quantizer.name = where
@@ -206,7 +209,8 @@ def validate_quant_cfg(quant_cfg: dict, require_bits: bool = True) -> None:
 
     Args:
         require_bits: False to accept a config whose ``w_bits`` / ``a_bits``
-            come later (``PTQHook`` reads them from ``quant_bits``).
+            are set later (e.g. a method base's ``ptq.quant_cfg`` before
+            the quantized config merges its bit widths in).
 
     Raises:
         ValueError: naming the key and the valid keys or range.
@@ -218,13 +222,8 @@ def validate_quant_cfg(quant_cfg: dict, require_bits: bool = True) -> None:
     for key in ('w_bits', 'a_bits'):
         if key not in quant_cfg and not require_bits:
             continue
-        bits = quant_cfg.get(key)
-        if isinstance(bits, bool) or not isinstance(
-                bits, int) or not 2 <= bits <= 16:
-            raise ValueError(f'quant_cfg.{key} must be an int in [2, 16], '
-                             f'got {bits!r}')
+        check_bits(quant_cfg.get(key), f'quant_cfg.{key}')
     check_rules(quant_cfg.get('rules', []))
-
 
 
 def quantize_model(model: nn.Module, quant_cfg: dict) -> QuantState:
@@ -246,10 +245,8 @@ def quantize_model(model: nn.Module, quant_cfg: dict) -> QuantState:
     """
     validate_quant_cfg(quant_cfg)
     state = QuantState()
-    before = {n: (m, type(m)) for n, m in model.named_modules()}
-    for name in convert_attention(model):
-        state._originals[name] = before[name]
     try:
+        state.converted_attention = convert_attention(model, state._undo)
         _plan_and_swap(model, quant_cfg, state)
     except Exception:
         restore_model(model, state)
@@ -259,20 +256,15 @@ def quantize_model(model: nn.Module, quant_cfg: dict) -> QuantState:
 
 def restore_model(model: nn.Module, state: QuantState) -> None:
     """Undo :func:`quantize_model`: FP classes, no quantizers, original
-    attention modules.  Parameters were never copied, so the FP weights
-    are exactly the ones before quantization."""
+    attention modules (each conversion's own undo, in reverse order, see
+    :func:`~.attention.convert_attention`).  Parameters were never copied,
+    so the FP weights are exactly the ones before quantization."""
     for layer in state.layers.values():
         restore_float(layer)
     state.layers.clear()
-    for name, (module, cls) in state._originals.items():
-        current = model.get_submodule(name)
-        if current is not module:
-            parent, _, child = name.rpartition('.')
-            setattr(model.get_submodule(parent), child, module)
-        for child in ('matmul1', 'matmul2'):
-            module._modules.pop(child, None)
-        module.__class__ = cls
-    state._originals.clear()
+    while state._undo:
+        state._undo.pop()()
+    state.converted_attention = []
 
 
 def group_count(model: nn.Module, name: str, kind: str, child: str,
@@ -337,7 +329,8 @@ def _plan_and_swap(model: nn.Module, quant_cfg: dict,
             continue
         built[name] = {
             child: _build_quantizer(scheme, bits, f'{name}.{child}',
-                                    quant_cfg.get('faithful', False))
+                                    quant_cfg.get('faithful',
+                                                  DEFAULT_FAITHFUL))
             for child, (scheme, bits) in plan.items()}
     for name, quantizers in built.items():
         _bind_group_counts(model, name, names[name], quantizers)

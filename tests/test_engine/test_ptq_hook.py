@@ -1,4 +1,5 @@
-"""PTQHook with mmengine's Runner and mim, and DDP calibration."""
+"""PTQHook with mmengine's Runner and mim (settings in the config's
+top-level ``ptq`` dict), and DDP calibration."""
 import copy
 import glob
 import os.path as osp
@@ -11,9 +12,10 @@ import torch.multiprocessing as mp
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from ris_plugins.engine import calibrate_on_dataset
 from ris_plugins.quantization import (all_gather_caches, calibrate,
-                                      quant_state_dict, quantize_model)
+                                      calibrate_on_dataset, quant_state_dict,
+                                      quantize_model)
+from ris_plugins.quantization.settings import parse_bits
 
 from ..conftest import ROOT, batch, qcfg, run, run_mim, tiny_cfg, tiny_lavt
 
@@ -30,15 +32,17 @@ def trained(refshapes_root, tmp_path_factory):
 
 
 def ptq_cfg(trained, work_dir, method='ptq4ris', bits='w4a4', steps=4):
-    """The tiny config + a quantization method base + a bits base."""
+    """The tiny config + a quantization method base, with the bit widths
+    and the calibration steps merged into its ``ptq`` dict, as a quantized
+    config does (``ptq = dict(quant_cfg=dict(w_bits=4, a_bits=4))``)."""
     cfg, ckpt = trained
     cfg = cfg.copy()
     quant = Config.fromfile(osp.join(QUANT, f'{method}.py'))
-    cfg.merge_from_dict(Config.fromfile(osp.join(QUANT, f'{bits}.py')))
-    cfg.custom_hooks = quant.custom_hooks
-    cfg.custom_hooks[0].calibrate_steps = steps
-    if cfg.custom_hooks[0].get('search'):
-        cfg.custom_hooks[0].search.rows = 128
+    cfg.custom_hooks, cfg.ptq = quant.custom_hooks, quant.ptq
+    cfg.merge_from_dict(dict(ptq=dict(quant_cfg=parse_bits(bits),
+                                      calibrate_steps=steps)))
+    if cfg.ptq.get('search'):
+        cfg.ptq.search.rows = 128
     cfg.work_dir, cfg.load_from = work_dir, ckpt
     return cfg
 
@@ -98,10 +102,30 @@ def test_calibration_set_too_small_leaves_fp_model(trained, tmp_path):
 
 def test_missing_bits_is_a_clear_error(trained, tmp_path):
     cfg = ptq_cfg(trained, str(tmp_path / 'nobits'), 'minmax')
-    cfg.pop('quant_bits')
-    with pytest.raises(ValueError, match=r'w_bits is set neither in '
-                       r"quant_cfg nor in the config's quant_bits"):
-        Runner.from_cfg(cfg).test()
+    cfg.ptq.quant_cfg.pop('w_bits')
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ValueError, match=(
+            r'ptq.quant_cfg.w_bits is not set; set the bit widths in the '
+            r'quantized config, e.g. ptq = dict\(quant_cfg=dict\(w_bits=4')):
+        runner.test()
+    assert not any('Quant' in type(m).__name__
+                   for m in runner.model.modules())
+
+
+def test_ptq_settings_merge_into_the_method_base(trained, tmp_path):
+    """One top-level dict: a quantized config overrides single keys (bits,
+    steps, search rows) without restating the method's quantizers."""
+    cfg = ptq_cfg(trained, str(tmp_path / 'merge'), 'ptq4ris', 'w8a8')
+    method = Config.fromfile(osp.join(QUANT, 'ptq4ris.py')).ptq
+    assert cfg.ptq.quant_cfg.w_bits == 8 and cfg.ptq.calibrate_steps == 4
+    assert cfg.ptq.search == dict(rounds=1, rows=128)
+    assert cfg.ptq.quant_cfg.rules == method.quant_cfg.rules
+    assert cfg.custom_hooks == [dict(type='PTQHook')]
+    cfg.ptq.calibrate_stesp = 3  # a typo is named with the valid keys
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ValueError, match=r"ptq: unknown keys "
+                       r"\['calibrate_stesp'\]; valid keys: \["):
+        runner.test()
 
 
 def _free_port() -> int:
@@ -200,7 +224,7 @@ def test_retrained_checkpoint_at_same_path_is_recalibrated(trained,
     # the v1 parameters, named explicitly, are refused for the v2 weights
     third = ptq_cfg(trained, str(tmp_path / 'explicit'), 'minmax', 'w8a8')
     third.load_from = model_path
-    third.custom_hooks[0].load_params = str(tmp_path / 'v1_params.pth')
+    third.ptq.load_params = str(tmp_path / 'v1_params.pth')
     runner = Runner.from_cfg(third)
     with pytest.raises(ValueError, match=r'v1_params.pth was calibrated for '
                        r'checkpoint .*model.pth \(sha256 file:[0-9a-f]{64}\) '
@@ -217,7 +241,7 @@ def test_load_params_with_other_bits_fails_and_restores_fp(trained,
     Runner.from_cfg(ptq_cfg(trained, w8, 'minmax', 'w8a8')).test()
     w4 = ptq_cfg(trained, str(tmp_path / 'w4'), 'minmax', 'w4a4')
     path = osp.join(w8, 'ptq_params.pth')
-    w4.custom_hooks[0].load_params = path
+    w4.ptq.load_params = path
     runner = Runner.from_cfg(w4)
     with pytest.raises(ValueError, match=(
             rf"{path}: quantizer '[\w.]+' was calibrated at 8 bits but the "
@@ -226,7 +250,7 @@ def test_load_params_with_other_bits_fails_and_restores_fp(trained,
     _assert_fp_restored(runner, _fp_runner(cfg, ckpt))
     # same quantizers and bits, another quant_cfg (observer)
     other = ptq_cfg(trained, str(tmp_path / 'pct'), 'percentile', 'w8a8')
-    other.custom_hooks[0].load_params = path
+    other.ptq.load_params = path
     runner = Runner.from_cfg(other)
     with pytest.raises(ValueError, match=(
             rf'{path} was calibrated with quant_cfg.global_qconfig.a_qscheme'
@@ -251,7 +275,7 @@ def test_load_params_with_wrong_channel_count_fails_and_restores_fp(
     bad = str(tmp_path / 'bad.pth')
     torch.save(raw, bad)
     again = ptq_cfg(trained, str(tmp_path / 'again'), 'minmax', 'w8a8')
-    again.custom_hooks[0].load_params = bad
+    again.ptq.load_params = bad
     runner = Runner.from_cfg(again)
     quantizer = key.rpartition('.')[0]
     with pytest.raises(ValueError, match=(
@@ -262,23 +286,34 @@ def test_load_params_with_wrong_channel_count_fails_and_restores_fp(
     _assert_fp_restored(runner, _fp_runner(cfg, ckpt))
 
 
+def _fails_before_checkpoint_load(cfg, match):
+    """The settings are checked at ``before_run``: the error comes before
+    the checkpoint is loaded and before any layer is swapped."""
+    runner = Runner.from_cfg(cfg)
+    loaded = []
+    runner.load_checkpoint = lambda *a, **k: loaded.append(a)
+    with pytest.raises(ValueError, match=match):
+        runner.test()
+    assert not loaded
+    assert not any('Quant' in type(m).__name__
+                   for m in runner.model.modules())
+
+
 @pytest.mark.parametrize('steps', [0, -2])
-def test_calibrate_steps_must_be_positive_at_build(trained, tmp_path, steps):
+def test_calibrate_steps_must_be_positive(trained, tmp_path, steps):
     cfg = ptq_cfg(trained, str(tmp_path / 'steps'), 'minmax', steps=steps)
-    with pytest.raises(ValueError, match=rf'PTQHook: calibrate_steps must '
-                       rf'be a positive int, got {steps}'):
-        Runner.from_cfg(cfg)
+    _fails_before_checkpoint_load(cfg, rf'ptq.calibrate_steps must be a '
+                                  rf'positive int, got {steps}')
 
 
-def test_invalid_rule_regex_is_an_error_at_build(trained, tmp_path):
+def test_invalid_rule_regex_is_an_error_before_loading(trained, tmp_path):
     cfg = ptq_cfg(trained, str(tmp_path / 'regex'), 'minmax')
-    rules = list(cfg.custom_hooks[0].quant_cfg.rules)
-    cfg.custom_hooks[0].quant_cfg.rules = rules + [
+    rules = list(cfg.ptq.quant_cfg.rules)
+    cfg.ptq.quant_cfg.rules = rules + [
         dict(pattern=r'decode_head\.[conv', skip=True)]
-    with pytest.raises(ValueError, match=(
-            rf'quant_cfg.rules\[{len(rules)}\].pattern '
-            r"'decode_head\\\\.\[conv' is not a valid regular expression")):
-        Runner.from_cfg(cfg)
+    _fails_before_checkpoint_load(cfg, (
+        rf'quant_cfg.rules\[{len(rules)}\].pattern '
+        r"'decode_head\\\\.\[conv' is not a valid regular expression"))
 
 
 def test_empty_calibration_set_names_the_setting(trained, tmp_path):
@@ -288,7 +323,7 @@ def test_empty_calibration_set_names_the_setting(trained, tmp_path):
     ds.pipeline = qcfg_.test_dataloader.dataset.pipeline
     ds.indices = 0
     ds.serialize_data = False  # mmengine cannot serialize 0 samples
-    qcfg_.custom_hooks[0].calibrate_dataloader = dict(dataset=ds)
+    qcfg_.ptq.calibrate_dataloader = dict(dataset=ds)
     runner = Runner.from_cfg(qcfg_)
     with pytest.raises(ValueError, match=(
             r'the calibration set \(calibrate_dataloader.dataset\) has 0 '

@@ -1,6 +1,8 @@
 """Attention adapters: converted modules give the original FP outputs, keep
 their parameters, and really compute through ``matmul1`` / ``matmul2``.
-The reference is always the unconverted library / project module."""
+The reference is always the unconverted library / project module.  Our
+own attention modules (PWAM's ``PixelWordAttention``, CRIS's
+``DenseAttentionPool2d``) have the ``MatMul`` children natively."""
 import copy
 
 import pytest
@@ -23,6 +25,9 @@ from ris_plugins.quantization.attention import (ATTENTION_ADAPTERS,
                                                 register_attention_adapter)
 from ris_plugins.quantization.matmul import MatMul
 from ..conftest import TINY_SWIN, text
+
+
+NATIVE = (PixelWordAttention, DenseAttentionPool2d)
 
 
 class SkewMatMul(nn.Module):
@@ -70,10 +75,12 @@ def assert_same(a, b, atol=1e-6):
             torch.testing.assert_close(x, y, atol=atol, rtol=1e-6)
 
 
-def check(module, *args, expected=('', ), live=None, **kwargs):
+def check(module, *args, expected=('', ), live=None, tol=1e-6, **kwargs):
     """Convert a deepcopy of ``module``; same outputs, same state_dict,
     isinstance kept, both MatMuls live in the modules named ``live``
-    (default: all of ``expected``). Returns the converted copy."""
+    (default: all of ``expected``); modules of a library class get a new
+    (adapter) class. ``tol``: output tolerance (fused kernels -> explicit
+    products differ by float32 round-off). Returns the converted copy."""
     module.eval()
     with torch.no_grad():
         ref = module(*args, **kwargs)
@@ -84,11 +91,12 @@ def check(module, *args, expected=('', ), live=None, **kwargs):
     assert list(sd) == list(ref_sd)
     assert all(torch.equal(sd[k], ref_sd[k]) for k in sd)
     with torch.no_grad():
-        assert_same(conv(*args, **kwargs), ref)
+        assert_same(conv(*args, **kwargs), ref, atol=tol)
     for name in expected if live is None else live:
         sub = conv.get_submodule(name)
         orig = module.get_submodule(name)
-        assert isinstance(sub, type(orig)) and type(sub) is not type(orig)
+        assert isinstance(sub, type(orig))
+        assert (type(sub) is type(orig)) == isinstance(orig, NATIVE)
         assert isinstance(sub.matmul1, MatMul)
         for child in ('matmul1', 'matmul2'):
             live = copy.deepcopy(conv)
@@ -156,15 +164,81 @@ def test_multimodal_swin_with_pwam_whole_model():
         swin,
         torch.randn(2, 3, 64, 64),
         text(),
-        expected=msa + pwa,
+        expected=msa,  # the PWAMs compute through their MatMuls natively
         live=[msa[1], pwa[-1]])  # a shifted-window block, last PWAM
 
 
-def test_pixel_word_attention():
-    pwa = randomize(PixelWordAttention(8, 6, num_heads=2))
+@pytest.mark.parametrize('sdpa', [False, True])
+def test_pixel_word_attention(sdpa):
+    """Native products; with ``use_sdpa`` the conversion switches them on."""
+    pwa = randomize(PixelWordAttention(8, 6, num_heads=2, use_sdpa=sdpa))
     mask = torch.ones(2, 1, 5)
     mask[0, :, 3:] = 0  # padded words
-    check(pwa, torch.randn(2, 7, 8), torch.randn(2, 6, 5), mask)
+    conv = check(pwa, torch.randn(2, 7, 8), torch.randn(2, 6, 5), mask,
+                 expected=[''] if sdpa else [], live=[''],
+                 tol=1e-5 if sdpa else 0)
+    assert not conv.use_sdpa
+
+
+def test_pixel_word_attention_is_bit_identical_to_upstream_products():
+    """The MatMul children are exactly upstream LAVT's ``torch.matmul``
+    form (``lib/backbone.py`` ``SpatialImageLanguageAttention``), and add
+    no state-dict keys."""
+    pwa = randomize(PixelWordAttention(8, 6, num_heads=2))
+    x, words = torch.randn(2, 7, 8), torch.randn(2, 6, 5)
+    mask = torch.ones(2, 1, 5)
+    mask[0, :, 3:] = 0
+    with torch.no_grad():
+        q = pwa.f_query(x.transpose(1, 2)).transpose(1, 2)
+        q = q.reshape(2, 7, 2, 4).transpose(1, 2)  # (B, h, N, d)
+        k = (pwa.f_key(words) * mask).reshape(2, 2, 4, 5)
+        v = (pwa.f_value(words) * mask).reshape(2, 2, 4, 5)
+        sim = torch.matmul(q, k) * 8**-0.5 + (1e4 * mask.unsqueeze(1) - 1e4)
+        out = torch.matmul(sim.softmax(dim=-1), v.transpose(2, 3))
+        out = out.transpose(1, 2).reshape(2, 7, 8)
+        want = pwa.W(out.transpose(1, 2)).transpose(1, 2)
+        assert torch.equal(pwa(x, words, mask), want)
+    assert list(pwa.state_dict()) == [
+        'f_query.0.weight', 'f_query.0.bias', 'f_key.0.weight',
+        'f_key.0.bias', 'f_value.0.weight', 'f_value.0.bias', 'W.0.weight',
+        'W.0.bias']
+
+
+def test_restore_undoes_every_conversion():
+    """quantize_model then restore_model: library modules get their class
+    back without MatMul children, native ones keep plain MatMuls and their
+    ``use_sdpa``; outputs are bit-identical to before."""
+    from ris_plugins.quantization import quantize_model, restore_model
+    model = nn.ModuleDict(dict(
+        pwa=randomize(PixelWordAttention(8, 6, 2, use_sdpa=True)),
+        dense=randomize(DenseAttentionPool2d(3, 8, 2, output_dim=6)),
+        msa=randomize(WindowMSA(8, (2, 2), 2))))
+    x, words, mask = torch.randn(2, 7, 8), torch.randn(2, 6, 5), torch.ones(
+        2, 1, 5)
+    img, win = torch.randn(2, 8, 4, 5), torch.randn(4, 4, 8)
+
+    def outputs():
+        with torch.no_grad():
+            return (model.pwa(x, words, mask), model.dense(img),
+                    model.msa(win))
+
+    before = outputs()
+    state = quantize_model(model, dict(
+        w_bits=8, a_bits=8, global_qconfig=dict(
+            w_qscheme=dict(type='UniformQuantizer'),
+            m_qscheme=dict(type='UniformQuantizer'))))
+    assert state.converted_attention == ['pwa', 'dense', 'msa']
+    assert not model.pwa.use_sdpa and not model.dense.use_sdpa
+    assert {'pwa.matmul1', 'dense.matmul2', 'msa.matmul1'} <= set(
+        state.layers)
+    restore_model(model, state)
+    assert type(model.msa) is WindowMSA and 'matmul1' not in model.msa._modules
+    assert model.pwa.use_sdpa and model.dense.use_sdpa
+    assert all(type(getattr(m, c)) is MatMul for m in (model.pwa, model.dense)
+               for c in ('matmul1', 'matmul2'))
+    assert not state.converted_attention and not state._undo
+    for a, b in zip(outputs(), before):
+        assert torch.equal(a, b)
 
 
 def tiny_bert(impl, **cfg):
@@ -282,8 +356,11 @@ def test_torch_multihead_attention_unbatched():
 def test_clip_attention_pools():
     pool = randomize(AttentionPool2d(3, 8, 2, output_dim=6))
     check(pool, torch.randn(2, 8, 3, 3))
+    # default: CRIS's fused MHSA, switched to the MatMuls by the conversion
     dense = randomize(DenseAttentionPool2d(3, 8, 2, output_dim=6))
-    check(dense, torch.randn(2, 8, 4, 5))
+    assert check(dense, torch.randn(2, 8, 4, 5)).use_sdpa is False
+    explicit = randomize(DenseAttentionPool2d(3, 8, 2, 6, use_sdpa=False))
+    check(explicit, torch.randn(2, 8, 4, 5), expected=[], live=[''])
 
 
 class MyAttention(nn.Module):

@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from mmseg.registry import MODELS
-from ris_plugins.quantization.quantizers import (RORQQuantizer,
+from ris_plugins.quantization import QUANTIZERS, quantize_model
+from ris_plugins.quantization.quantizers import (DEFAULT_FAITHFUL,
+                                                 RORQQuantizer,
                                                  TwinUniformGELUQuantizer,
                                                  TwinUniformSoftmaxQuantizer,
                                                  UniformQuantizer)
@@ -32,7 +34,8 @@ def calibrated(q, x):
 @pytest.mark.parametrize('cls', ALL)
 @pytest.mark.parametrize('bits', [1, 17, 4.0, True])
 def test_bad_bits(cls, bits):
-    with pytest.raises(ValueError, match=r'bits=.*\[2, 16\]'):
+    with pytest.raises(ValueError, match=r'bits must be an int in '
+                       rf'\[2, 16\], got {bits!r}'):
         cls(bits=bits)
 
 
@@ -154,14 +157,15 @@ def test_softmax_split_init_and_modes():
                        T([0.0, 1.0]))
     fixed.select(T(7))
     close(fixed(T([0.0, 1.0])), [0.0, 1.0])  # no Q(0) bias, no +s
-    faithful = calibrated(TwinUniformSoftmaxQuantizer(8), T([0.0, 1.0]))
+    faithful = calibrated(TwinUniformSoftmaxQuantizer(8, faithful=True),
+                          T([0.0, 1.0]))
     faithful.select(T(7))
     close(faithful(T([0.0, 1.0])), [1 / 127, 1 + 2**-7])
 
 
 def test_rorq_module_modes():
     x = T(P * 3 + [30.0, -25.0])
-    q = calibrated(RORQQuantizer(4), x)
+    q = calibrated(RORQQuantizer(4, faithful=True), x)
     assert q.num_bands == 2 and q.num_candidates() == 0
     close(q.thresholds, [15.899311, 38.106602])
     close(q(T([40.0])), [0.886667])  # band-0 fallback
@@ -256,12 +260,45 @@ def test_state_dict_mismatch_errors():
 
 
 def test_registry_and_repr():
-    q = MODELS.build(dict(type='UniformQuantizer', bits=4,
-                          granularity='channel'))
+    q = QUANTIZERS.build(dict(type='UniformQuantizer', bits=4,
+                              granularity='channel'))
     assert isinstance(q, UniformQuantizer)
     assert 'calibrated=False' in repr(q)
     q.init_params(torch.randn(3, 4))
     assert 'bits=4' in repr(q) and 'scale=(3,)' in repr(q)
     for name in ('TwinUniformSoftmaxQuantizer', 'TwinUniformGELUQuantizer',
                  'RORQQuantizer'):
-        assert MODELS.build(dict(type=name, bits=8)).bits == 8
+        assert QUANTIZERS.build(dict(type=name, bits=8)).bits == 8
+
+
+def test_quantizers_have_their_own_child_registry():
+    """Quantizers are not models: plain ``MODELS`` lookups do not see them,
+    the scoped name does, and a model type is never built as a quantizer
+    (the old lookup took any MODELS entry named '*Quantizer')."""
+    assert QUANTIZERS.parent is MODELS
+    assert MODELS.get('UniformQuantizer') is None
+    assert MODELS.get('ris_plugins.UniformQuantizer') is UniformQuantizer
+    assert sorted(QUANTIZERS.module_dict) == sorted(c.__name__ for c in ALL)
+    with pytest.raises(KeyError, match=r"unknown quantizer type "
+                       r"'RefSegmentor'; valid types: \['RORQQuantizer'"):
+        QUANTIZERS.build(dict(type='RefSegmentor'))
+    # the runner's default scope 'mmseg' does not hide the child's entries
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        assert isinstance(QUANTIZERS.build(dict(type='RORQQuantizer')),
+                          RORQQuantizer)
+
+
+@pytest.mark.parametrize('cls', ALL)
+def test_one_faithful_default(cls):
+    """Every quantizer class and the config path (quant_cfg without
+    ``faithful``) default to the same mode."""
+    assert DEFAULT_FAITHFUL is False
+    assert cls().__dict__.get('faithful', DEFAULT_FAITHFUL) is DEFAULT_FAITHFUL
+    if cls is TwinUniformGELUQuantizer:
+        return  # no faithful switch (one arithmetic)
+    layer = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    scheme = dict(type=cls.__name__)
+    state = quantize_model(layer, dict(w_bits=8, a_bits=8, global_qconfig=dict(
+        w_qscheme=None, a_qscheme=scheme)))
+    assert state.layers['0'].a_quantizer.faithful is DEFAULT_FAITHFUL

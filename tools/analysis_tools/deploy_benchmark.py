@@ -99,9 +99,10 @@ def build_fp(cfg: Config, ckpt: str):
 
 
 def quant_cfg(method: str, bits: str) -> dict:
-    hook = Config.fromfile(osp.join(QUANT, f'{method}.py')).custom_hooks[0]
+    from ris_plugins.quantization.settings import parse_bits
+    hook = Config.fromfile(osp.join(QUANT, f'{method}.py')).ptq
     qc = copy.deepcopy(hook['quant_cfg'].to_dict())
-    qc.update(Config.fromfile(osp.join(QUANT, f'{bits}.py')).quant_bits)
+    qc.update(parse_bits(bits))
     return qc, hook.get('search'), hook.get('calibrate_steps', 32)
 
 
@@ -119,7 +120,7 @@ def calibrated(cfg, ckpt, bits, args):
         calibrate(state, lambda i: model(*inputs[i]), range(n),
                   search=search)
     else:
-        from ris_plugins.engine import calibrate_on_dataset
+        from ris_plugins.quantization import calibrate_on_dataset
         calibrate_on_dataset(state, model, calib_dataset(cfg), n,
                              search=search)
     return model, state

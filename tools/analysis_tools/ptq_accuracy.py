@@ -26,8 +26,8 @@ from mmseg.registry import DATASETS, MODELS
 from mmseg.utils import register_all_modules
 
 import ris_plugins  # noqa: F401
-from ris_plugins.engine import calibrate_on_dataset
-from ris_plugins.quantization import quantize_model
+from ris_plugins.quantization import calibrate_on_dataset, quantize_model
+from ris_plugins.quantization.settings import parse_bits
 
 QUANT = osp.join(osp.dirname(__file__), '..', '..', 'configs', '_base_',
                  'quantization')
@@ -36,11 +36,11 @@ METHODS = ('minmax', 'percentile', 'omse', 'ptq4ris')
 
 
 def method_hook(method: str) -> dict:
-    """The PTQHook settings of a method base, with the ablations built by
+    """The PTQ settings (``ptq``) of a method base, with the ablations built by
     dropping the DRQ or the RORQ rules of ``ptq4ris``."""
     name = {'drq-only': 'ptq4ris', 'rorq-only': 'ptq4ris'}.get(method, method)
     cfg = Config.fromfile(osp.join(QUANT, f'{name}.py'))
-    hook = copy.deepcopy(cfg.custom_hooks[0].to_dict())
+    hook = copy.deepcopy(cfg.ptq.to_dict())
     drop = {'drq-only': cfg.get('rorq_rules'),
             'rorq-only': cfg.get('drq_rules')}.get(method)
     if drop:
@@ -86,9 +86,7 @@ def run_model(name, cfg_path, ckpt, args) -> list:
     settings += [('w4a4', m) for m in args.ablation]
     for bits, method in settings:
         hook = method_hook(method)
-        quant_cfg = dict(hook['quant_cfg'],
-                         **Config.fromfile(osp.join(QUANT,
-                                                    f'{bits}.py')).quant_bits)
+        quant_cfg = dict(hook['quant_cfg'], **parse_bits(bits))
         model = copy.deepcopy(fp)
         state = quantize_model(model, quant_cfg)
         times = calibrate_on_dataset(state, model, calib,

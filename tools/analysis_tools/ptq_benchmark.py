@@ -30,6 +30,7 @@ from mmseg.utils import register_all_modules
 import ris_plugins  # noqa: F401
 from ris_plugins.quantization import calibrate, quantize_model, search_layer
 from ris_plugins.quantization.report import model_size_mb
+from ris_plugins.quantization.settings import parse_bits
 from ris_plugins.utils.synthetic import synthetic_inputs
 
 BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
@@ -53,9 +54,8 @@ def build(args) -> tuple:
 
 def quant_cfg(method: str, bits: str) -> tuple:
     base = 'configs/_base_/quantization'
-    hook = Config.fromfile(f'{base}/{method}.py').custom_hooks[0]
-    qc = dict(hook.quant_cfg.to_dict(),
-              **Config.fromfile(f'{base}/{bits}.py').quant_bits)
+    hook = Config.fromfile(f'{base}/{method}.py').ptq
+    qc = dict(hook.quant_cfg.to_dict(), **parse_bits(bits))
     return qc, hook.get('search')
 
 

@@ -25,9 +25,9 @@ from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
-from ptq_accuracy import calib_dataset, method_hook, QUANT
-from ris_plugins.engine import calibrate_on_dataset
-from ris_plugins.quantization import quantize_model
+from ptq_accuracy import calib_dataset, method_hook
+from ris_plugins.quantization import calibrate_on_dataset, quantize_model
+from ris_plugins.quantization.settings import parse_bits
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -75,8 +75,7 @@ def main():
     model = MODELS.build(cfg.model).eval()
     load_checkpoint(model, args.checkpoint, map_location='cpu')
     hook = method_hook(args.method)
-    quant_cfg = dict(hook['quant_cfg'], **Config.fromfile(
-        osp.join(QUANT, f'{args.bits}.py')).quant_bits)
+    quant_cfg = dict(hook['quant_cfg'], **parse_bits(args.bits))
     state = quantize_model(model, quant_cfg)
     dataset = calib_dataset(cfg)
     calibrate_on_dataset(state, model, dataset, args.samples,

@@ -1,7 +1,13 @@
 # Baseline: min-max observers (mmrazor's MinMaxObserver /
 # PerChannelMinMaxObserver), no search.  Weights symmetric per output
 # channel, activations and attention operands asymmetric per tensor.
-# Combine with a bits base: _base_ = [<model config>, this, './w4a4.py'].
+#
+# All PTQ settings are the one top-level dict `ptq` (read by PTQHook; keys:
+# ris_plugins/quantization/settings.py), so a config changes any of them
+# by merging, e.g. the bit widths, which every quantized config sets:
+#   _base_ = [<model config>, '.../quantization/minmax.py']
+#   ptq = dict(quant_cfg=dict(w_bits=4, a_bits=4))
+# or on the command line: --cfg-options ptq.quant_cfg.w_bits=8
 
 # Kept as PTQ4RIS keeps them (ptq4ris.md §2): the image input of the first
 # layer and the final classifier stay FP.  `optional`: each pattern applies
@@ -11,17 +17,15 @@ first_last_fp = [
          a_qscheme=None, optional=True),
     dict(pattern=r'.*conv_seg', skip=True, optional=True),
 ]
-custom_hooks = [
-    dict(
-        type='PTQHook',
-        calibrate_steps=32,
-        quant_cfg=dict(
-            global_qconfig=dict(
-                w_qscheme=dict(type='UniformQuantizer', granularity='channel',
-                               observer='minmax'),
-                a_qscheme=dict(type='UniformQuantizer', symmetric=False,
-                               observer='minmax'),
-                m_qscheme=dict(type='UniformQuantizer', symmetric=False,
-                               observer='minmax')),
-            rules=first_last_fp))
-]
+custom_hooks = [dict(type='PTQHook')]
+ptq = dict(
+    calibrate_steps=32,
+    quant_cfg=dict(
+        global_qconfig=dict(
+            w_qscheme=dict(type='UniformQuantizer', granularity='channel',
+                           observer='minmax'),
+            a_qscheme=dict(type='UniformQuantizer', symmetric=False,
+                           observer='minmax'),
+            m_qscheme=dict(type='UniformQuantizer', symmetric=False,
+                           observer='minmax')),
+        rules=first_last_fp))

@@ -3,8 +3,9 @@
 # text encoder's Linear inputs, and an output-aware search of every step
 # (objective: ris_plugins/quantization/calibrate.py).  This is the default
 # mode (quirks fixed); ptq4ris_faithful.py reproduces the official
-# arithmetic.  Combine with a bits base:
-#   _base_ = [<model config>, '.../quantization/ptq4ris.py', '.../w4a4.py']
+# arithmetic.  Set the bits in the quantized config:
+#   _base_ = [<model config>, '.../quantization/ptq4ris.py']
+#   ptq = dict(quant_cfg=dict(w_bits=4, a_bits=4))
 _base_ = ['./minmax.py']
 ptq4ris_qconfig = dict(
     w_qscheme=dict(type='UniformQuantizer', granularity='channel'),
@@ -32,13 +33,9 @@ rorq_rules = [
                         observer='percentile'),
          optional=True),
 ]
-custom_hooks = [
-    dict(
-        type='PTQHook',
-        calibrate_steps=32,
-        search=dict(rounds=1, rows=256),
-        quant_cfg=dict(
-            faithful=False,
-            global_qconfig=ptq4ris_qconfig,
-            rules=drq_rules + rorq_rules + _base_.first_last_fp))
-]
+ptq = dict(
+    search=dict(rounds=1, rows=256),
+    quant_cfg=dict(
+        faithful=False,
+        global_qconfig=dict(_delete_=True, **ptq4ris_qconfig),
+        rules=drq_rules + rorq_rules + _base_.first_last_fp))

@@ -24,14 +24,10 @@ rorq_rules_faithful = [
          a_qscheme=bert_matmul_qscheme, b_qscheme=bert_matmul_qscheme,
          optional=True),
 ]
-custom_hooks = [
-    dict(
-        type='PTQHook',
-        calibrate_steps=32,
-        search=dict(rounds=3, rows=1024),
-        quant_cfg=dict(
-            faithful=True,
-            global_qconfig=ptq4vit_qconfig,
-            rules=_base_.drq_rules + rorq_rules_faithful +
-            _base_.first_last_fp))
-]
+ptq = dict(
+    search=dict(rounds=3, rows=1024),
+    quant_cfg=dict(
+        faithful=True,
+        global_qconfig=dict(_delete_=True, **ptq4vit_qconfig),
+        rules=_base_.drq_rules + rorq_rules_faithful +
+        _base_.first_last_fp))

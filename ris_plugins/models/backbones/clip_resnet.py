@@ -10,6 +10,7 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from ..utils.checkpoint import run_sequential
+from ..utils.matmul import MatMul
 
 # OpenAI CLIP ResNets (``clip/model.py`` ``build_model``): blocks per stage
 # and the attention-pool output width (= CLIP's joint embedding width).
@@ -33,7 +34,11 @@ class DenseAttentionPool2d(AttentionPool2d):
         y = relu(c_proj(MHSA(x + pos)) + connect(x))
 
     The MHSA uses CLIP's ``q_proj / k_proj / v_proj / c_proj`` weights
-    (32 heads for RN50 / RN101).
+    (32 heads for RN50 / RN101). Its two products can run as the
+    :class:`MatMul` children ``matmul1`` (``q d^-1/2 kᵀ``, (B, h, N, N))
+    and ``matmul2`` (``softmax(.) v``, (B, h, N, d)), so quantization
+    wraps them like any other layer; they have no parameters, so the
+    state-dict keys are CRIS's.
 
     Args:
         spacial_dim (int): S, side of the positional grid (CLIP: 224 / 32 =
@@ -41,13 +46,19 @@ class DenseAttentionPool2d(AttentionPool2d):
         embed_dim (int): C_in, input width (RN50 / RN101: 2048).
         num_heads (int): Attention heads; must divide ``embed_dim``.
         output_dim (int): C_out (RN50: 1024, RN101: 512).
+        use_sdpa (bool): True (default) computes the MHSA with torch's
+            fused ``F.multi_head_attention_forward`` as CRIS does, so the
+            outputs equal upstream's bit for bit; False computes it with
+            ``matmul1`` / explicit softmax / ``matmul2`` (equal up to
+            float32 round-off, ~1e-7). ``quantize_model`` turns it off
+            while the model is quantized and restores it afterwards.
 
     Raises:
         ValueError: ``num_heads`` does not divide ``embed_dim``.
     """
 
     def __init__(self, spacial_dim: int, embed_dim: int, num_heads: int,
-                 output_dim: int) -> None:
+                 output_dim: int, use_sdpa: bool = True) -> None:
         if embed_dim % num_heads:
             raise ValueError(f'num_attn_heads={num_heads} must divide the '
                              f'attention-pool width {embed_dim}')
@@ -56,6 +67,9 @@ class DenseAttentionPool2d(AttentionPool2d):
         self.connect = nn.Sequential(
             nn.Conv2d(embed_dim, output_dim, 1, bias=False),
             nn.BatchNorm2d(output_dim))
+        self.use_sdpa = use_sdpa
+        self.matmul1 = MatMul()
+        self.matmul2 = MatMul()
 
     def resized_pos_embed(self, h: int, w: int) -> Tensor:
         """The grid part of the positional embedding resized to (h, w).
@@ -73,15 +87,38 @@ class DenseAttentionPool2d(AttentionPool2d):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) -> (B, C_out, H, W)."""
-        b, c, h, w = x.shape
+        b, _, h, w = x.shape
         residual = self.connect(x)  # (B, C_out, H, W)
         tokens = x.flatten(2).permute(2, 0, 1)  # (H*W, B, C_in)
         tokens = tokens + self.resized_pos_embed(h, w)[:, None].to(x.dtype)
+        out = (self._fused_attention(tokens) if self.use_sdpa else
+               self._attention(tokens))  # (H*W, B, C_out)
+        out = out.permute(1, 2, 0).reshape(b, -1, h, w)  # (B, C_out, H, W)
+        return F.relu(out + residual)
+
+    def _attention(self, tokens: Tensor) -> Tensor:
+        """MHSA with explicit products: ``c_proj(matmul2(softmax(
+        matmul1(q d^-1/2, kᵀ)), v))``; tokens (N, B, C_in) -> (N, B,
+        C_out)."""
+        n, b, _ = tokens.shape
+
+        def heads(x: Tensor) -> Tensor:  # (N, B, C) -> (B, h, N, d)
+            return x.reshape(n, b, self.num_heads, -1).permute(1, 2, 0, 3)
+
+        q, k, v = (heads(proj(tokens))
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        attn = self.matmul1(q * q.shape[-1]**-0.5, k.transpose(-2, -1))
+        out = self.matmul2(attn.softmax(dim=-1), v)  # (B, h, N, d)
+        return self.c_proj(out.permute(2, 0, 1, 3).reshape(n, b, -1))
+
+    def _fused_attention(self, tokens: Tensor) -> Tensor:
+        """CRIS's MHSA (``F.multi_head_attention_forward`` with CLIP's
+        separate projections); tokens (N, B, C_in) -> (N, B, C_out)."""
         out, _ = F.multi_head_attention_forward(
             query=tokens,
             key=tokens,
             value=tokens,
-            embed_dim_to_check=c,
+            embed_dim_to_check=tokens.shape[-1],
             num_heads=self.num_heads,
             in_proj_weight=None,
             in_proj_bias=torch.cat(
@@ -97,9 +134,8 @@ class DenseAttentionPool2d(AttentionPool2d):
             use_separate_proj_weight=True,
             q_proj_weight=self.q_proj.weight,
             k_proj_weight=self.k_proj.weight,
-            v_proj_weight=self.v_proj.weight)  # (H*W, B, C_out)
-        out = out.permute(1, 2, 0).reshape(b, -1, h, w)  # (B, C_out, H, W)
-        return F.relu(out + residual)
+            v_proj_weight=self.v_proj.weight)  # (N, B, C_out)
+        return out
 
 
 class _StageTable(dict):

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from mmseg.registry import MODELS
 from ..utils import TextFeatures
+from ..utils.matmul import MatMul
 
 
 class PixelWordAttention(nn.Module):
@@ -25,7 +26,10 @@ class PixelWordAttention(nn.Module):
     ``Q = IN(W_q x)`` (B, N, C); ``K = W_k w * m``, ``U = W_v w * m``
     (B, C, L); ``S = softmax_L(C^-1/2 Q_h K_h + 1e4 (m - 1))`` per head h
     (the scale uses the full C, as upstream); output ``IN(W_o [S_h
-    U_h^T]_h)`` (B, N, C).
+    U_h^T]_h)`` (B, N, C). The two products are the :class:`MatMul`
+    children ``matmul1`` (``Q_h K_h``) and ``matmul2`` (``S_h U_h^T``), so
+    quantization wraps them like any other layer (no parameters: the
+    state-dict keys are upstream's).
 
     Args:
         channels (int): C.
@@ -34,10 +38,10 @@ class PixelWordAttention(nn.Module):
         use_sdpa (bool): Compute ``[S_h U_h^T]_h`` with
             ``F.scaled_dot_product_attention`` (same scale and additive
             mask) instead of the two explicit ``torch.matmul`` (default,
-            upstream's form, traced as plain MatMul/Softmax by ONNX). The
-            quantization adapter (``ris_plugins/quantization/attention/
-            pwam.py``) always uses explicit ``matmul1`` / ``matmul2``, so
-            this switch has no effect on a quantized model.
+            upstream's form, traced as plain MatMul/Softmax by ONNX).
+            ``quantize_model`` turns it off while the model is quantized
+            (the quantized products are ``matmul1`` / ``matmul2``) and
+            restores it with the FP model.
     """
 
     def __init__(self, channels: int, text_channels: int,
@@ -54,6 +58,8 @@ class PixelWordAttention(nn.Module):
         self.f_value = nn.Sequential(nn.Conv1d(text_channels, channels, 1))
         self.W = nn.Sequential(
             nn.Conv1d(channels, channels, 1), nn.InstanceNorm1d(channels))
+        self.matmul1 = MatMul()
+        self.matmul2 = MatMul()
 
     def forward(self, x: Tensor, words: Tensor, mask: Tensor) -> Tensor:
         """x (B, N, C); words (B, C_t, L); mask (B, 1, L) float, 1 = word.
@@ -70,10 +76,10 @@ class PixelWordAttention(nn.Module):
             out = self._sdpa(query, key, value, mask)  # (B, h, N, C/h)
             out = out.transpose(1, 2).reshape(b, n, c)  # (B, N, C)
             return self.W(out.transpose(1, 2)).transpose(1, 2)
-        sim = torch.matmul(query, key) * c**-0.5  # (B, h, N, L)
+        sim = self.matmul1(query, key) * c**-0.5  # (B, h, N, L)
         sim = sim + (1e4 * mask.unsqueeze(1) - 1e4)
         attn = sim.softmax(dim=-1)  # (B, h, N, L)
-        out = torch.matmul(attn, value.transpose(2, 3))  # (B, h, N, C/h)
+        out = self.matmul2(attn, value.transpose(2, 3))  # (B, h, N, C/h)
         out = out.transpose(1, 2).reshape(b, n, c)  # (B, N, C)
         return self.W(out.transpose(1, 2)).transpose(1, 2)  # (B, N, C)
 

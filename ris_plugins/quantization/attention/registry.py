@@ -5,21 +5,31 @@ An adapter turns one attention module whose products are written inline
 an FP-equivalent module that computes them with two :class:`MatMul`
 children: ``matmul1(q, kᵀ)`` (q (B, H, N, d), kᵀ (B, H, d, M)) and
 ``matmul2(p, v)`` (p (B, H, N, M) post-softmax, v (B, H, M, d)).
+
+Our own attention modules (``PixelWordAttention``,
+``DenseAttentionPool2d``) have these children natively and need no
+adapter; when built with a fused-attention switch ``use_sdpa=True``,
+conversion turns it off so the products run through the children.
+Every conversion records how to undo it (:func:`convert_attention`'s
+``undo`` list), next to the conversion itself.
 """
-from typing import Callable, Dict, List
+from functools import partial
+from typing import Callable, Dict, List, Optional
 
 import torch.nn as nn
 
 from ..matmul import MatMul
 
 Adapter = Callable[[nn.Module], nn.Module]
+Undo = Callable[[], None]
 ATTENTION_ADAPTERS: Dict[type, Adapter] = {}
 
 
 def swap_class(module: nn.Module, adapted_cls: type) -> nn.Module:
     """Make ``module`` an ``adapted_cls`` in place and give it ``matmul1`` /
     ``matmul2``. Parameters and buffers are the same objects, so
-    ``state_dict`` keys and values are unchanged.
+    ``state_dict`` keys and values are unchanged. Undone by
+    :func:`unswap_class`.
 
     Raises:
         TypeError: ``adapted_cls`` is not a subclass of ``type(module)``.
@@ -31,6 +41,25 @@ def swap_class(module: nn.Module, adapted_cls: type) -> nn.Module:
     module.matmul1 = MatMul()
     module.matmul2 = MatMul()
     return module
+
+
+def unswap_class(module: nn.Module, float_cls: type) -> None:
+    """Undo :func:`swap_class`: drop ``matmul1`` / ``matmul2`` (or their
+    quantized replacements) and give ``module`` back its class
+    ``float_cls``."""
+    for child in ('matmul1', 'matmul2'):
+        module._modules.pop(child, None)
+    module.__class__ = float_cls
+
+
+def _explicit_products(module: nn.Module) -> Optional[Undo]:
+    """A module with native ``matmul1`` / ``matmul2`` children and
+    ``use_sdpa=True``: switch it to the explicit products. Returns the
+    undo, or None when there is nothing to switch."""
+    if not (is_converted(module) and getattr(module, 'use_sdpa', False)):
+        return None
+    module.use_sdpa = False
+    return partial(setattr, module, 'use_sdpa', True)
 
 
 def register_attention_adapter(cls: type, force: bool = False):
@@ -67,8 +96,11 @@ def is_converted(module: nn.Module) -> bool:
     return 'matmul1' in module._modules and 'matmul2' in module._modules
 
 
-def convert_attention(model: nn.Module) -> List[str]:
-    """Replace every submodule whose exact type has a registered adapter.
+def convert_attention(model: nn.Module,
+                      undo: Optional[List[Undo]] = None) -> List[str]:
+    """Replace every submodule whose exact type has a registered adapter,
+    and switch modules with native ``matmul1`` / ``matmul2`` children and
+    ``use_sdpa=True`` to their explicit products.
 
     Modules are converted in place (class swap) or, when an adapter returns
     a new module, set on their parent under the same name. Already
@@ -77,6 +109,9 @@ def convert_attention(model: nn.Module) -> List[str]:
     Args:
         model (nn.Module): Any model; ``model`` itself may be converted
             only in place.
+        undo (list, optional): Receives one callable per conversion that
+            undoes it (class swap, replaced module or ``use_sdpa``); call
+            them in reverse order to restore the model.
 
     Returns:
         list[str]: ``named_modules`` names of converted modules ('' for
@@ -85,18 +120,30 @@ def convert_attention(model: nn.Module) -> List[str]:
     Raises:
         ValueError: the adapter for ``model`` itself returned a new module.
     """
-    targets = [(name, mod) for name, mod in model.named_modules()
-               if type(mod) in ATTENTION_ADAPTERS]
-    for name, mod in targets:
-        new = ATTENTION_ADAPTERS[type(mod)](mod)
+    undo = [] if undo is None else undo
+    converted = []
+    for name, mod in list(model.named_modules()):
+        if type(mod) not in ATTENTION_ADAPTERS:
+            switched = _explicit_products(mod)
+            if switched is not None:
+                undo.append(switched)
+                converted.append(name)
+            continue
+        cls = type(mod)
+        new = ATTENTION_ADAPTERS[cls](mod)
+        converted.append(name)
         if new is mod:
+            if type(mod) is not cls:
+                undo.append(partial(unswap_class, mod, cls))
             continue
         if not name:
             raise ValueError('the root module cannot be replaced; its '
                              'adapter must convert it in place')
         parent_name, _, child = name.rpartition('.')
-        setattr(model.get_submodule(parent_name), child, new)
-    return [name for name, _ in targets]
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, new)
+        undo.append(partial(setattr, parent, child, mod))
+    return converted
 
 
 def looks_like_attention(module: nn.Module) -> bool:

@@ -1,10 +1,13 @@
-"""Fake quantizers registered in ``mmseg.registry.MODELS``."""
-from .base import BaseQuantizer, check_bits, check_choice
+"""Fake quantizers, registered in ``QUANTIZERS``
+(:mod:`ris_plugins.quantization.registry`, a child of mmseg's ``MODELS``).
+"""
+from .base import (DEFAULT_FAITHFUL, BaseQuantizer, check_bits,
+                   check_choice)
 from .rorq import RORQQuantizer
 from .twin_uniform import TwinUniformGELUQuantizer, TwinUniformSoftmaxQuantizer
 from .uniform import UniformQuantizer
 
 __all__ = [
-    'BaseQuantizer', 'check_bits', 'check_choice', 'UniformQuantizer',
+    'DEFAULT_FAITHFUL', 'BaseQuantizer', 'check_bits', 'check_choice', 'UniformQuantizer',
     'TwinUniformSoftmaxQuantizer', 'TwinUniformGELUQuantizer', 'RORQQuantizer'
 ]

@@ -13,17 +13,29 @@ from torch import Tensor
 
 MIN_BITS, MAX_BITS = 2, 16
 
+#: The one default of ``faithful`` (quantizer classes and ``quant_cfg``):
+#: False = the default mode (PTQ4RIS quirks fixed); True reproduces the
+#: official PTQ4RIS arithmetic (``configs/_base_/quantization/
+#: ptq4ris_faithful.py`` sets it).
+DEFAULT_FAITHFUL = False
 
-def check_bits(bits: int) -> int:
-    """Return ``bits`` if it is an int in [2, 16].
+
+def check_bits(bits: int, name: str = 'bits') -> int:
+    """Return ``bits`` if it is an int in [2, 16] (the one bit-width check
+    of quantizers and ``quant_cfg``).
+
+    Args:
+        name: what to call the value in the error (e.g.
+            ``'quant_cfg.w_bits'``).
 
     Raises:
-        ValueError: otherwise, naming the value and the valid range.
+        ValueError: otherwise, naming ``name``, the value and the valid
+            range.
     """
     if isinstance(bits, bool) or not isinstance(bits, int) or not (
             MIN_BITS <= bits <= MAX_BITS):
-        raise ValueError(f'bits={bits!r} is invalid: expected an int in '
-                         f'[{MIN_BITS}, {MAX_BITS}]')
+        raise ValueError(f'{name} must be an int in [{MIN_BITS}, '
+                         f'{MAX_BITS}], got {bits!r}')
     return bits
 
 

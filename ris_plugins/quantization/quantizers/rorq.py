@@ -8,12 +8,12 @@ from typing import Optional
 
 from torch import Tensor
 
-from mmseg.registry import MODELS
 from .. import functional as QF
-from .base import BaseQuantizer
+from ..registry import QUANTIZERS
+from .base import DEFAULT_FAITHFUL, BaseQuantizer
 
 
-@MODELS.register_module()
+@QUANTIZERS.register_module()
 class RORQQuantizer(BaseQuantizer):
     """Banded asymmetric quantizer, per tensor, any input shape.
 
@@ -28,7 +28,8 @@ class RORQQuantizer(BaseQuantizer):
         bits: int in [2, 16] (codes per band; the band id costs extra bits).
         k: threshold multiplier of the std (3 upstream).
         max_bands: K_max (10 upstream).
-        faithful: True = upstream forward: |x| above the last threshold and
+        faithful: default ``DEFAULT_FAITHFUL`` (False). True = upstream
+            forward: |x| above the last threshold and
             NaN thresholds fall back to band 0 (clipped to band 0's range).
             False = |x| above the last finite threshold goes to the last
             band; NaN thresholds are ignored. Calibration is identical.
@@ -38,7 +39,7 @@ class RORQQuantizer(BaseQuantizer):
     """
 
     def __init__(self, bits: int = 8, k: float = 3.0, max_bands: int = 10,
-                 faithful: bool = True) -> None:
+                 faithful: bool = DEFAULT_FAITHFUL) -> None:
         super().__init__(bits, ('thresholds', 'scales', 'zero_points'))
         if not k > 0:
             raise ValueError(f'k={k} must be > 0')

@@ -10,12 +10,12 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from mmseg.registry import MODELS
 from .. import functional as QF
-from .base import BaseQuantizer
+from ..registry import QUANTIZERS
+from .base import DEFAULT_FAITHFUL, BaseQuantizer
 
 
-@MODELS.register_module()
+@QUANTIZERS.register_module()
 class TwinUniformSoftmaxQuantizer(BaseQuantizer):
     """DRQ-softmax for attention probabilities in [0, 1], any shape.
 
@@ -26,7 +26,8 @@ class TwinUniformSoftmaxQuantizer(BaseQuantizer):
 
     Args:
         bits: int in [2, 16].
-        faithful: True = upstream sum-of-clamps arithmetic (+s offset for
+        faithful: default ``DEFAULT_FAITHFUL`` (False). True = upstream
+            sum-of-clamps arithmetic (+s offset for
             x >= s, Q(0) = round(s(q-1))/(q-1)); False = the intended
             piecewise quantizer (Q(0) = 0, no offset). See
             :func:`ris_plugins.quantization.functional.twin_uniform_softmax`.
@@ -36,7 +37,7 @@ class TwinUniformSoftmaxQuantizer(BaseQuantizer):
         ValueError: bad bits or num_splits < 1.
     """
 
-    def __init__(self, bits: int = 8, faithful: bool = True,
+    def __init__(self, bits: int = 8, faithful: bool = DEFAULT_FAITHFUL,
                  num_splits: int = 20) -> None:
         super().__init__(bits, ('split', ))
         if int(num_splits) < 1:
@@ -82,7 +83,7 @@ class TwinUniformSoftmaxQuantizer(BaseQuantizer):
         return s
 
 
-@MODELS.register_module()
+@QUANTIZERS.register_module()
 class TwinUniformGELUQuantizer(BaseQuantizer):
     """DRQ-GELU for post-GELU activations, any shape, per tensor.
 

@@ -11,12 +11,12 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from mmseg.registry import MODELS
 from .. import functional as QF
-from .base import BaseQuantizer, check_choice
+from ..registry import QUANTIZERS
+from .base import DEFAULT_FAITHFUL, BaseQuantizer, check_choice
 
 
-@MODELS.register_module()
+@QUANTIZERS.register_module()
 class UniformQuantizer(BaseQuantizer):
     """Uniform fake quantizer, per tensor, per channel or per head.
 
@@ -54,7 +54,8 @@ class UniformQuantizer(BaseQuantizer):
             None for no search candidates.
         num_channels: expected group count (checks calibration input and
             loaded state dicts before calibration).
-        faithful: True = the official PTQ4RIS arithmetic where it differs
+        faithful: default ``DEFAULT_FAITHFUL`` (False). True = the
+            official PTQ4RIS arithmetic where it differs
             from ours; for this quantizer that is only the asymmetric
             per-tensor ``percentile`` observer (above). No effect on
             other observers, symmetric or per-group quantizers (the model
@@ -79,7 +80,7 @@ class UniformQuantizer(BaseQuantizer):
                  search_grid: Optional[Tuple[float, float, int]] = (
                      0.01, 1.2, 100),
                  num_channels: Optional[int] = None,
-                 faithful: bool = False) -> None:
+                 faithful: bool = DEFAULT_FAITHFUL) -> None:
         check_choice('granularity', granularity, self.GRANULARITIES)
         check_choice('observer', observer, self.OBSERVERS)
         if observer == 'ptq4vit' and not symmetric:

@@ -1,12 +1,11 @@
-"""Adapters for CLIP ResNet attention pooling: mmpretrain's
-``AttentionPool2d`` (chinese_clip) and our ``DenseAttentionPool2d``."""
+"""Adapter for mmpretrain's CLIP ResNet attention pooling
+``AttentionPool2d`` (chinese_clip). Our ``DenseAttentionPool2d`` (CRIS)
+computes through its own ``matmul1`` / ``matmul2`` and needs none."""
 import torch
-import torch.nn.functional as F
 from mmpretrain.models.multimodal.chinese_clip.chinese_clip import \
     AttentionPool2d
 from torch import Tensor
 
-from ris_plugins.models.backbones.clip_resnet import DenseAttentionPool2d
 from .registry import register_attention_adapter
 
 
@@ -42,20 +41,3 @@ class MatMulAttentionPool2d(AttentionPool2d):
         x = torch.cat([x.mean(dim=0, keepdim=True), x])  # (HW+1, B, C_in)
         x = x + self.positional_embedding[:, None, :].to(x.dtype)
         return pool_attention(self, x)[0]
-
-
-@register_attention_adapter(DenseAttentionPool2d)
-class MatMulDenseAttentionPool2d(DenseAttentionPool2d):
-    """``ris_plugins/models/backbones/clip_resnet.py``
-    ``DenseAttentionPool2d`` (CRIS) with explicit products:
-    ``relu(c_proj(MHSA(x + pos)) + connect(x))``."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C_in, H, W) -> (B, C_out, H, W)."""
-        b, _, h, w = x.shape
-        residual = self.connect(x)  # (B, C_out, H, W)
-        tokens = x.flatten(2).permute(2, 0, 1)  # (H*W, B, C_in)
-        tokens = tokens + self.resized_pos_embed(h, w)[:, None].to(x.dtype)
-        out = pool_attention(self, tokens)  # (H*W, B, C_out)
-        out = out.permute(1, 2, 0).reshape(b, -1, h, w)  # (B, C_out, H, W)
-        return F.relu(out + residual)

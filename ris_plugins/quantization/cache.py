@@ -1,0 +1,114 @@
+"""Caching of the quantized layers' FP inputs during calibration.
+
+Forward pre-hooks record a deterministic sub-sample of every call's inputs
+on CPU (:func:`subsample`), tagged with the calibration sample's position
+so caches from several processes (DDP) merge in sample order
+(:func:`all_gather_caches`).  Which layers are cached is up to the caller
+(:mod:`.calibrate` caches one group of layers at a time).
+"""
+import math
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn as nn
+from mmengine.dist import all_gather_object
+from torch import Tensor
+
+
+def _even_indices(n: int, k: int) -> Tensor:
+    """k evenly spaced indices in [0, n) (all of them if k >= n)."""
+    if k >= n:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, k).round().long()
+
+
+def subsample(kind: str, args: tuple, max_rows: int) -> tuple:
+    """Deterministic sub-sample of one call's inputs, on CPU.
+
+    Linear x (..., C) -> (r, C) rows; Conv x (B, C, *S) -> a centred crop of
+    at most ``ceil(sqrt(max_rows))`` per spatial dim; MatMul a (B', H, N, K),
+    b (B', H, K, M) -> the same evenly spaced slices of dim 0 (at most
+    ``max_rows // N`` of them).
+    """
+    if kind == 'Linear':
+        x = args[0].detach().reshape(-1, args[0].shape[-1])  # (R, C)
+        return (x[_even_indices(len(x), max_rows)].float().cpu(), )
+    if kind == 'Conv':
+        x = args[0].detach()
+        side = math.ceil(math.sqrt(max_rows))
+        for dim in range(2, x.dim()):
+            start = max(0, (x.shape[dim] - side) // 2)
+            x = x.narrow(dim, start, min(side, x.shape[dim]))
+        # a copy: a view would keep the whole activation alive
+        return (x.float().cpu().clone(), )
+    a, b = (t.detach() for t in args)
+    lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a = a.expand(*lead, *a.shape[-2:])  # (B', H, N, K)
+    b = b.expand(*lead, *b.shape[-2:])  # (B', H, K, M)
+    idx = _even_indices(a.shape[0], max(1, max_rows // a.shape[-2]))
+    return a[idx].float().cpu(), b[idx].float().cpu()
+
+
+class InputCache:
+    """Forward pre-hooks caching the sub-sampled inputs of some layers.
+
+    ``caches[name]`` is a list, one entry per recorded call, of
+    ``(position, inputs)``; ``position`` (set by the caller before each
+    sample) labels the entries so caches from several processes can be
+    merged in sample order.
+
+    Args:
+        layers: ``{name: quantized layer}`` to cache (each has ``KIND``).
+        max_rows: rows kept per layer and call (see :func:`subsample`).
+
+    Raises (on a recorded call):
+        FloatingPointError: NaN or Inf in a layer input, naming the layer.
+    """
+
+    def __init__(self, layers: Dict[str, nn.Module], max_rows: int = 256):
+        self.max_rows = max_rows
+        self.caches: Dict[str, list] = {n: [] for n in layers}
+        self.position = 0
+        self._handles = [
+            layer.register_forward_pre_hook(self._hook(name, layer.KIND))
+            for name, layer in layers.items()]
+
+    def _hook(self, name: str, kind: str) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            for t in args:
+                if not torch.isfinite(t).all():
+                    raise FloatingPointError(
+                        f'NaN or Inf in the input of {name!r} during '
+                        f'calibration (sample {self.position})')
+            self.caches[name].append(
+                (self.position, subsample(kind, args, self.max_rows)))
+        return hook
+
+    def remove(self) -> None:
+        """Remove the hooks (the cached entries stay)."""
+        for handle in self._handles:
+            handle.remove()
+
+    def merged(self, name: str) -> List[Tensor]:
+        """The cached inputs of one layer, each operand concatenated over
+        calls in sample order (dim 0)."""
+        entries = sorted(self.caches[name], key=lambda e: e[0])
+        if not entries:
+            raise RuntimeError(f'layer {name!r} was never called during '
+                               'calibration; skip it with a rule')
+        num = len(entries[0][1])
+        return [torch.cat([e[1][i] for e in entries]) for i in range(num)]
+
+
+def all_gather_caches(caches: Dict[str, list]) -> Dict[str, list]:
+    """Merge every process's ``{layer: [(position, inputs)]}`` (DDP).
+
+    After this each process holds all samples' cached inputs; as entries
+    are ordered by sample position before use, the parameters computed
+    from them equal a single process's on the same samples.
+    """
+    merged = {name: [] for name in caches}
+    for part in all_gather_object(caches):
+        for name, entries in part.items():
+            merged[name].extend(entries)
+    return merged

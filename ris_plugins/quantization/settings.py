@@ -1,0 +1,123 @@
+"""The PTQ settings of a config: one top-level, mergeable dict ``ptq``.
+
+::
+
+    custom_hooks = [dict(type='PTQHook')]
+    ptq = dict(
+        quant_cfg=dict(w_bits=4, a_bits=4, global_qconfig=..., rules=...,
+                       faithful=False),
+        search=dict(rounds=1, rows=256),   # None: observers only
+        calibrate_steps=32, seed=0, max_rows=256,
+        calibrate_dataloader=None,         # dict(dataset=...) or None
+        params_file='ptq_params.pth', load_params=None)
+
+Why a top-level dict (read by ``PTQHook``) and not hook arguments or an
+mmrazor-style ``test_cfg=dict(type='PTQLoop', ...)``: mmengine merges
+dicts key by key but replaces lists, and refuses a key defined by two
+sibling bases.  Settings inside ``custom_hooks`` (a list) had to be
+restated whole by every method base and every override, and the bit
+widths lived in a second top-level key that the hook had to find;
+``test_cfg`` is already defined by every model config's schedule, so a
+method base listed next to it cannot set it.  ``ptq`` is defined by the
+method base only (``configs/_base_/quantization/*.py``), the quantized
+config merges its bit widths into it, and ``--cfg-options
+ptq.quant_cfg.w_bits=8`` works.
+"""
+import copy
+import re
+from typing import Dict, Optional
+
+from .quantize import validate_quant_cfg
+
+DEFAULTS = dict(quant_cfg=None, search=None, calibrate_dataloader=None,
+                calibrate_steps=32, seed=0, max_rows=256,
+                params_file='ptq_params.pth', load_params=None)
+SEARCH_KEYS = ('rounds', 'rows')
+
+
+def _positive_int(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{where} must be a positive int, got {value!r}')
+    return value
+
+
+def check_ptq_cfg(ptq: Optional[dict], where: str = 'ptq') -> dict:
+    """Validate a ``ptq`` dict and fill in the defaults (no model needed).
+
+    Args:
+        ptq: the config's ``ptq`` (a dict or mmengine ``ConfigDict``).
+        where: how errors name it.
+
+    Returns:
+        dict: a plain-dict deep copy with every key of :data:`DEFAULTS`.
+
+    Raises:
+        ValueError: ``ptq`` missing or not a dict, an unknown key (naming
+            the valid ones), no ``quant_cfg``, a bad ``quant_cfg`` (unknown
+            key, bits not an int in [2, 16] or missing, invalid rule
+            regex), ``calibrate_steps`` / ``max_rows`` / search ``rounds``
+            / ``rows`` not positive ints, or an unknown search key.
+    """
+    if ptq is None:
+        raise ValueError(f'{where}: no PTQ settings; inherit one of '
+                         'configs/_base_/quantization/*.py (they define the '
+                         'top-level dict `ptq`)')
+    if not isinstance(ptq, dict):
+        raise ValueError(f'{where} must be a dict, got {type(ptq).__name__}')
+    ptq = _plain(ptq)
+    unknown = sorted(set(ptq) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f'{where}: unknown keys {unknown}; valid keys: '
+                         f'{sorted(DEFAULTS)}')
+    out = dict(copy.deepcopy(DEFAULTS), **ptq)
+    if not isinstance(out['quant_cfg'], dict):
+        raise ValueError(f'{where}.quant_cfg must be a dict with w_bits, '
+                         'a_bits, global_qconfig and rules, got '
+                         f"{out['quant_cfg']!r}")
+    for key in ('w_bits', 'a_bits'):
+        if key not in out['quant_cfg']:
+            raise ValueError(
+                f'{where}.quant_cfg.{key} is not set; set the bit widths in '
+                f'the quantized config, e.g. ptq = dict(quant_cfg=dict('
+                'w_bits=4, a_bits=4))')
+    validate_quant_cfg(out['quant_cfg'])
+    for key in ('calibrate_steps', 'max_rows'):
+        _positive_int(out[key], f'{where}.{key}')
+    search = out['search']
+    if search is not None:
+        if not isinstance(search, dict):
+            raise ValueError(f'{where}.search must be None or a dict with '
+                             f'keys {SEARCH_KEYS}, got {search!r}')
+        bad = sorted(set(search) - set(SEARCH_KEYS))
+        if bad:
+            raise ValueError(f'{where}.search: unknown keys {bad}; valid '
+                             f'keys: {SEARCH_KEYS}')
+        for key, value in search.items():
+            _positive_int(value, f'{where}.search.{key}')
+    return out
+
+
+def parse_bits(name: str) -> Dict[str, int]:
+    """``'w4a8'`` -> ``dict(w_bits=4, a_bits=8)`` (case-insensitive).
+
+    Raises:
+        ValueError: not of the form ``w<int>a<int>`` with ints in [2, 16].
+    """
+    match = re.fullmatch(r'w(\d+)a(\d+)', str(name).lower())
+    if match is None:
+        raise ValueError(f'bit setting {name!r} is not of the form '
+                         "'w<bits>a<bits>' (e.g. 'w8a8', 'w4a4')")
+    bits = dict(w_bits=int(match[1]), a_bits=int(match[2]))
+    validate_quant_cfg(bits)
+    return bits
+
+
+def _plain(obj):
+    """mmengine ConfigDicts / tuples -> plain dicts / lists, recursively."""
+    if hasattr(obj, 'to_dict'):
+        obj = obj.to_dict()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj

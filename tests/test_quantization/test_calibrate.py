@@ -1,0 +1,153 @@
+"""Calibration (``ris_plugins/quantization/calibrate*``): the parameters of
+a whole tiny LAVT are pinned bit for bit.
+
+``tests/data/ptq_calibrated_tiny_lavt.pth`` holds the quantization
+parameters computed by the non-streamed calibration of commit 2b007b5
+(every layer's inputs cached at once), generated BEFORE the streamed
+calibration existed with ``python -m tests.test_quantization.test_calibrate``
+(on one thread, x86-64).  Weights are set by parameter name and inputs
+come from a seeded generator, so neither depends on construction order;
+the test runs on one thread, as float32 reductions (and so the last bits
+of a search's errors) depend on the thread count.  Regenerate only when a
+change of the calibrated values is intended.
+"""
+import os.path as osp
+import zlib
+
+import pytest
+import torch
+
+from mmseg.registry import MODELS
+from ris_plugins.quantization import (calibrate, quant_state_dict,
+                                      quantize_model)
+from ris_plugins.utils import safe_torch_load
+
+from ..conftest import ROOT
+
+PINNED = osp.join(ROOT, 'tests', 'data', 'ptq_calibrated_tiny_lavt.pth')
+SAMPLES = 3
+SEARCH = dict(rounds=2, rows=64)
+MAX_ROWS = 96
+
+TINY_LAVT = dict(
+    type='RefSegmentor',
+    data_preprocessor=dict(type='RefDataPreProcessor', mean=[0] * 3,
+                           std=[1] * 3),
+    backbone=dict(type='MultiModalSwin', text_channels=32,
+                  arch=dict(embed_dims=16, depths=[2, 2, 2, 2],
+                            num_heads=[1, 2, 2, 4]),
+                  window_size=2, out_indices=(0, 1, 2, 3)),
+    text_encoder=dict(type='BertTextEncoder', sentence_pooling='cls',
+                      config=dict(vocab_size=512, hidden_size=32,
+                                  num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64,
+                                  max_position_embeddings=16)),
+    decode_head=dict(type='LAVTHead', in_channels=[16, 32, 64, 128],
+                     channels=32, num_classes=2,
+                     loss_decode=dict(type='CrossEntropyLoss')),
+    train_cfg=dict(), test_cfg=dict(mode='whole'))
+
+# PTQ4RIS-style: DRQ on post-softmax / post-GELU, RORQ on the text Linears,
+# per-head products, an output-aware search of 2 rounds.
+QUANT_CFG = dict(
+    w_bits=4, a_bits=4,
+    global_qconfig=dict(
+        w_qscheme=dict(type='UniformQuantizer', granularity='channel'),
+        a_qscheme=dict(type='UniformQuantizer', symmetric=False),
+        m_qscheme=dict(type='UniformQuantizer', granularity='head',
+                       ch_axis=1)),
+    rules=[dict(pattern=r'.*matmul2', types=['MatMul'],
+                a_qscheme=dict(type='TwinUniformSoftmaxQuantizer')),
+           dict(pattern=r'.*ffn\.layers\.1', types=['Linear'],
+                a_qscheme=dict(type='TwinUniformGELUQuantizer')),
+           dict(pattern=r'text_encoder\..*', types=['Linear'],
+                a_qscheme=dict(type='RORQQuantizer')),
+           dict(pattern=r'backbone\.patch_embed\.projection',
+                a_qscheme=None),
+           dict(pattern=r'.*conv_seg', skip=True)])
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def name_seeded(model: torch.nn.Module) -> torch.nn.Module:
+    """Every floating parameter / buffer from a generator seeded by its
+    name: norm-like vectors 1 + N(0, 0.1), BN variances |N| + 0.5,
+    matrices N(0, 1 / fan_in), other vectors N(0, 0.1)."""
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+            v = torch.randn(t.shape, generator=g)
+            if name.endswith('running_var'):
+                v = v.abs() + 0.5
+            elif t.dim() >= 2:
+                v = v / t[0].numel()**0.5
+            elif 'norm' in name and name.endswith('weight'):
+                v = 1 + 0.1 * v
+            else:
+                v = 0.1 * v
+            t.copy_(v)
+    return model.eval()
+
+
+def tiny_inputs(n: int = SAMPLES, length: int = 8) -> list:
+    """n samples ``(img (1, 3, 64, 64), tokens (1, L), mask (1, L))``, the
+    i-th sentence with 8 - (i % 3) words."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        img = torch.rand(1, 3, 64, 64, generator=g)
+        tokens = torch.randint(1, 512, (1, length), generator=g)
+        mask = torch.ones(1, length, dtype=torch.long)
+        mask[0, length - i % 3:] = 0
+        out.append((img, tokens * mask, mask))
+    return out
+
+
+def calibrated_params(**kw) -> dict:
+    """Quantize and calibrate the tiny LAVT; its quantization parameters."""
+    model = name_seeded(MODELS.build(TINY_LAVT))
+    data = tiny_inputs()
+    state = quantize_model(model, QUANT_CFG)
+    with torch.no_grad():
+        calibrate(state, lambda i: model(*data[i]), range(len(data)),
+                  max_rows=MAX_ROWS, search=SEARCH, **kw)
+    return quant_state_dict(state)
+
+
+def assert_bitwise_equal(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key].dtype == want[key].dtype, key
+        assert torch.equal(got[key], want[key]) or (
+            got[key].is_floating_point()
+            and torch.equal(got[key].isnan(), want[key].isnan())
+            and torch.equal(got[key].nan_to_num(), want[key].nan_to_num())
+        ), key
+
+
+def test_calibration_equals_the_pinned_parameters(one_thread):
+    want = safe_torch_load(PINNED)
+    # the pin covers every kind of quantizer and searched steps
+    assert len(want) > 100
+    assert any(k.endswith('.split') for k in want)  # DRQ-softmax
+    assert any(k.endswith('.pos_scale') for k in want)  # DRQ-GELU
+    assert any(k.endswith('.thresholds') for k in want)  # RORQ
+    assert any('image_lang_att.matmul1' in k for k in want)  # PWAM
+    assert_bitwise_equal(calibrated_params(), want)
+
+
+if __name__ == '__main__':
+    from mmseg.utils import register_all_modules
+    import ris_plugins  # noqa: F401
+    register_all_modules()
+    torch.set_num_threads(1)
+    torch.save(calibrated_params(), PINNED)
+    print(f'wrote {PINNED}')
