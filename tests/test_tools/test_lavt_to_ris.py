@@ -1,7 +1,8 @@
 """tools/model_converters/lavt_to_ris.py on files written the way LAVT's
 train.py writes them (yz93/LAVT-RIS: model, bert_model, optimizer,
 lr_scheduler state dicts, epoch and the argparse.Namespace of the run), on
-LAVT-One's layout, and on hostile files."""
+LAVT-One's layout, and on hostile files; Swin's patch-merging order, an
+exact round trip through LAVT-One's layout and key-mismatch reports."""
 import argparse
 import os
 import pickle
@@ -10,11 +11,10 @@ import sys
 import pytest
 import torch
 
+from ris_plugins.models import MultiModalSwin
 from ris_plugins.utils.state_dict import load_state_dict_strict
 
-from ..conftest import load_tool, text_of
-from ..test_models.test_lavt import tiny_lavt
-from ..test_models.test_ref_segmentor import samples
+from ..conftest import TINY_SWIN, load_tool, samples, text_of, tiny_lavt
 
 
 def converter():
@@ -113,3 +113,69 @@ def test_bad_files_are_named(tmp_path, monkeypatch):
     torch.save({'state_dict': {}}, no_model)
     with pytest.raises(KeyError, match="no_model.pth.*no 'model'"):
         run_main(monkeypatch, no_model, tmp_path / 'out.pth')
+
+
+def test_patch_merging_reorder_matches_swin_semantics():
+    """Upstream Swin merges cat[x(0::2,0::2), x(1::2,0::2), x(0::2,1::2),
+    x(1::2,1::2)]; the converted weights must give the same output through
+    mmpretrain's Unfold-based PatchMerging."""
+    conv = converter()
+    swin = MultiModalSwin(text_channels=32, **TINY_SWIN).eval()
+    merge = swin.stages[0].downsample
+    c = 16
+    w_up = torch.randn(2 * c, 4 * c)
+    ln_w, ln_b = torch.randn(4 * c), torch.randn(4 * c)
+    merge.reduction.weight.data = conv.merging_unfold_order(w_up)
+    merge.norm.weight.data = conv.merging_unfold_order(ln_w)
+    merge.norm.bias.data = conv.merging_unfold_order(ln_b)
+    x = torch.randn(1, 4, 4, c)
+    cat = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
+                     x[:, 1::2, 1::2]], dim=-1)  # (1, 2, 2, 4C)
+    ref = torch.nn.functional.layer_norm(cat, (4 * c, ), ln_w, ln_b) @ w_up.T
+    out, _ = merge(x.reshape(1, 16, c), (4, 4))
+    torch.testing.assert_close(out, ref.reshape(1, 4, 2 * c))
+    torch.testing.assert_close(
+        conv.merging_swin_order(conv.merging_unfold_order(w_up)), w_up)
+
+
+def test_converter_round_trip_is_exact():
+    conv = converter()
+    model = tiny_lavt()
+    upstream = conv.to_upstream_lavt_one(model.state_dict())
+    keys = list(upstream['model'])
+    assert any(k.startswith('backbone.layers.0.fusion.image_lang_att.')
+               for k in keys)
+    assert 'classifier.conv1_4.weight' in keys
+    assert 'classifier.bn2_2.running_var' in keys
+    assert 'backbone.layers.1.downsample.reduction.weight' in keys
+    fresh = tiny_lavt()
+    load_state_dict_strict(fresh, conv.convert_lavt(upstream))
+    inputs = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fresh(inputs, *text_of(samples(2))),
+            model(inputs, *text_of(samples(2))))
+    # the lavt (two-entry) layout with a DDP-prefixed BERT converts too
+    bert = {k[len('text_encoder.'):]: v for k, v in upstream['model'].items()
+            if k.startswith('text_encoder.')}
+    two = {'model': {k: v for k, v in upstream['model'].items()
+                     if not k.startswith('text_encoder.')},
+           'bert_model': {'module.' + k: v for k, v in bert.items()}}
+    assert conv.convert_lavt(two).keys() == conv.convert_lavt(
+        upstream).keys()
+
+
+def test_key_mismatch_is_reported_by_module():
+    conv = converter()
+    model = tiny_lavt()
+    state = conv.convert_lavt(conv.to_upstream_lavt_one(model.state_dict()))
+    del state['decode_head.conv_seg.weight']
+    state['backbone.extra.weight'] = torch.zeros(1)
+    with pytest.raises(KeyError) as err:
+        load_state_dict_strict(model, state, 'lavt.pth')
+    msg = str(err.value)
+    assert 'missing in decode_head.conv_seg' in msg
+    assert 'unexpected in backbone.extra' in msg
+    with pytest.raises(KeyError, match='no conversion rule'):
+        conv.convert_lavt({'model': {'backbone.layers.0.mystery.w': 1,
+                                     'text_encoder.x': 1}})
