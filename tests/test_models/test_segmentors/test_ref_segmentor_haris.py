@@ -1,0 +1,112 @@
+"""RefSegmentor with HARIS's modules: what trains, and every ablation flag
+trains and predicts."""
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.structures import PixelData
+
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+
+from ...conftest import EOT, ROOT, SOT, TINY_SAM, run_samples
+
+DEMO_CFG = osp.join(ROOT, 'configs', 'demo',
+                    'haris-small_tiny-sam-clip_1xb16-2k_refshapes-160x160.py')
+
+
+C_W, C_S, D = 24, 20, 16  # word, sentence, HLA widths
+
+
+def clip_samples(batch, size=32, lengths=(5, 7), total=8, seed=0):
+    """Samples with CLIP ids (SOT, words, EOT, zero padding) and masks."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for b in range(batch):
+        n = lengths[b % len(lengths)]
+        tok = torch.zeros(total, dtype=torch.long)
+        tok[0], tok[n - 1] = SOT, EOT
+        tok[1:n - 1] = torch.randint(300, 3000, (n - 2, ), generator=g)
+        ds = SegDataSample(metainfo=dict(
+            text_tokens=tok, text_mask=(tok != 0).long(),
+            ori_shape=(size, size), img_shape=(size, size),
+            pad_shape=(size, size), img_padding_size=(0, 0, 0, 0)))
+        ds.gt_sem_seg = PixelData(
+            data=torch.randint(0, 2, (1, size, size), generator=g))
+        out.append(ds)
+    return out
+
+
+def tiny_haris(**flags):
+    """The demo config shrunk further; ``flags`` go to fusion.hla_cfg,
+    fusion or decode_head, wherever the key belongs."""
+    cfg = Config.fromfile(DEMO_CFG).model
+    cfg.backbone.update(arch=dict(TINY_SAM), img_size=32, patch_size=8,
+                        window_size=2, out_indices=(1, 2, 3),
+                        out_channels=8)
+    cfg.text_encoder.update(config=dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, projection_dim=C_S), context_length=8)
+    cfg.fusion.update(in_channels=[32, 32, 32], text_channels=32,
+                      sent_channels=C_S, embed_dims=D)
+    cfg.decode_head.update(in_channels=D, channels=8, num_heads=2,
+                           ffn_channels=32)
+    for key, value in flags.items():
+        if key in ('use_hierarchy', 'kernel_size', 'stride'):
+            cfg.fusion[key] = value
+        elif key == 'decoder_replaced':
+            cfg.decode_head[key] = value
+        else:
+            cfg.fusion.hla_cfg[key] = value
+    torch.manual_seed(0)
+    return MODELS.build(cfg)
+
+
+def test_gradients_reach_only_fusion_and_head():
+    model = tiny_haris()
+    model.train()
+    assert not model.backbone.training
+    assert not model.text_encoder.clip.training
+    losses = run_samples(model, torch.randn(2, 3, 32, 32), clip_samples(2),
+                         mode='loss')
+    assert set(losses) == {'decode.loss_focal', 'decode.loss_dice',
+                           'decode.acc_seg'}
+    sum(v for k, v in losses.items() if 'loss' in k).backward()
+    for name, p in model.named_parameters():
+        trainable = name.startswith(('fusion.', 'decode_head.'))
+        assert p.requires_grad == trainable, name
+        if trainable:
+            assert p.grad is not None, name
+        else:
+            assert p.grad is None, name
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_parts = sum(p.numel() for m in (model.fusion, model.decode_head)
+                  for p in m.parameters())
+    assert n_train == n_parts
+
+
+ABLATIONS = [
+    dict(use_feedback=False), dict(use_vw=False), dict(use_lw=False),
+    dict(replace_with_cross_attn=True, num_heads=2),
+    dict(use_hierarchy=False), dict(decoder_replaced=True),
+    dict(feedback_at='attention', feedback_mode='gate'),
+    dict(feedback_mode='gate'), dict(stride=2, kernel_size=1),
+]
+
+
+@pytest.mark.parametrize('flags', ABLATIONS, ids=lambda f: ','.join(f))
+def test_each_ablation_builds_trains_and_predicts(flags):
+    model = tiny_haris(**flags)
+    losses = run_samples(model, torch.randn(2, 3, 32, 32), clip_samples(2),
+                         mode='loss')
+    loss = losses['decode.loss_focal'] + losses['decode.loss_dice']
+    loss.backward()
+    grads = [p.grad for p in model.decode_head.parameters()
+             if p.requires_grad]
+    assert all(g is not None for g in grads)
+    model.eval()
+    with torch.no_grad():
+        pred = run_samples(model, torch.randn(1, 3, 32, 32),
+                           clip_samples(1), mode='predict')
+    assert pred[0].pred_sem_seg.data.shape == (1, 32, 32)
