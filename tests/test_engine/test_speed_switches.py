@@ -22,8 +22,7 @@ from ris_plugins.models.fusion.pwam import PWAM, PixelWordAttention
 from ris_plugins.models.utils import TextFeatures
 from ris_plugins.quantization.attention import convert_attention
 
-from ..conftest import ROOT
-from .test_pinned_outputs import inputs, name_seeded_
+from ..conftest import ROOT, demo_inputs, name_seeded_
 
 
 def demo(name: str) -> str:
@@ -58,7 +57,7 @@ def step(model: torch.nn.Module, cfg: Config, seed: int = 0):
     """Seeded training-mode forward (dropout / drop-path on) and backward of
     the mean squared logits; returns logits and {name: grad}."""
     model.train()
-    img, tokens, mask = inputs(cfg)
+    img, tokens, mask = demo_inputs(cfg)
     torch.manual_seed(seed)
     out = model(img, tokens, mask)  # (2, C, h, w)
     out.pow(2).mean().backward()
@@ -90,7 +89,7 @@ def saved_bytes(model: torch.nn.Module, cfg: Config) -> int:
     backbone during one training-mode forward (tensors that the
     non-reentrant checkpoint keeps are packed by it and not seen here; the
     reentrant one mmpretrain's Swin uses records nothing inside)."""
-    img, tokens, mask = inputs(cfg)
+    img, tokens, mask = demo_inputs(cfg)
     total = [0]
 
     def pack(t: torch.Tensor):
@@ -137,7 +136,7 @@ def test_with_cp_is_off_in_eval_and_no_grad(monkeypatch):
     import torch.utils.checkpoint as cp
     from ris_plugins.models.utils import checkpoint as ours
     model, cfg = build(LAVT, {'model.backbone.with_cp': True})
-    img, tokens, mask = inputs(cfg)
+    img, tokens, mask = demo_inputs(cfg)
     calls = []
 
     def spy(fn):
@@ -233,7 +232,7 @@ def assert_within_fp32_error(model, switched, cfg, factor: float = 2.0):
     arithmetic (other kernels, fused attention) changes the output by
     rounding amplified by depth (norm layers); this bound scales with it
     instead of a fixed 1e-5."""
-    img, tokens, mask = inputs(cfg)
+    img, tokens, mask = demo_inputs(cfg)
     with torch.no_grad():
         ref = model.eval()(img, tokens, mask)
         got = switched.eval()(img, tokens, mask)

@@ -8,8 +8,7 @@ from mmengine.config import Config
 
 from mmseg.registry import MODELS
 
-from ..conftest import ROOT, run_samples
-from .test_ref_segmentor import samples
+from ..conftest import ROOT, run_samples, samples
 
 CONFIGS = sorted(
     p for p in glob.glob(osp.join(ROOT, 'configs', '*', '*.py')) +
