@@ -1,17 +1,24 @@
 """The demo: generate RefShapes if missing, train a model with ``mim
-train``, evaluate it with ``mim test`` on val / testA / testB and on the
-shuffled-sentence control, print the metric table, and write a contact
-sheet of 16 val predictions (the 4 best, the 4 worst and 8 random ones by
-IoU, with their sentences) to ``<work dir>/contact_sheet.png``.
+train`` (which validates at the end and writes every val sample's IoU),
+evaluate it with ``mim test`` on testA / testB and on the shuffled-sentence
+control, print the metric table, and write a contact sheet of 16 val
+predictions (the 4 best, the 4 worst and 8 random ones by IoU, with their
+sentences) to ``<work dir>/contact_sheet.png``.
 
+The val row is the training run's final validation (the saved checkpoint,
+``RefSegMetric(per_sample_file=...)``); the contact sheet picks its samples
+from that file and predicts only those 16 again, so val is evaluated once.
 The control config is written next to the checkpoints: it inherits the
-chosen config and wraps its val dataset in ``ShuffledTextDataset``.
+chosen config and wraps its val dataset in ``ShuffledTextDataset``. Data
+loading runs in the main process on machines with <= 2 cores (workers
+would compete with the 2 compute threads) and in ``min(4, cores - 2)``
+workers otherwise; ``--workers`` overrides.
 
 Usage::
 
     python tools/run_demo.py [--config configs/demo/<model>.py]
         [--work-dir work_dirs/demo] [--data-root data/refshapes]
-        [--skip-train]
+        [--workers N] [--skip-train]
 """
 import argparse
 import glob
@@ -65,12 +72,41 @@ def latest_metrics(work_dir: str) -> Dict[str, float]:
         return json.load(f)
 
 
+def default_workers(cores: Optional[int] = None) -> int:
+    """Dataloader workers for ``cores`` CPU cores (default: this
+    machine's): 0 up to 2 cores, else ``min(4, cores - 2)``."""
+    cores = cores or os.cpu_count() or 1
+    return 0 if cores <= 2 else min(4, cores - 2)
+
+
+def sample_indices(dataset_cfg, rows: List[dict]) -> List[int]:
+    """Dataset indices of per-sample rows, matched by (ref_id, sent_id).
+
+    Raises:
+        KeyError: A row whose (ref_id, sent_id) the dataset lacks (named).
+    """
+    from mmseg.registry import DATASETS
+    dataset = DATASETS.build(dict(dataset_cfg, pipeline=[]))
+    where = {}
+    for i in range(len(dataset)):
+        info = dataset.get_data_info(i)
+        where[(info['ref_id'], info['sent_id'])] = i
+    missing = [(r['ref_id'], r['sent_id']) for r in rows
+               if (r['ref_id'], r['sent_id']) not in where]
+    if missing:
+        raise KeyError(f'(ref_id, sent_id) {missing[:3]} of the per-sample '
+                       'file are not in the dataset')
+    return [where[(r['ref_id'], r['sent_id'])] for r in rows]
+
+
 def write_demo_contact_sheet(config: str, checkpoint: Optional[str],
                              work_dir: str, data_root: str,
+                             per_sample_file: str,
                              split: str = 'val') -> str:
-    """Predict every ``split`` sample of ``config`` with ``checkpoint``
-    through the Runner's test loop and draw the contact sheet (see
-    ``ris_plugins.visualization.contact_sheet``).
+    """Pick the contact sheet's samples (``select_samples``: 4 best, 4
+    worst, 8 random) from ``per_sample_file`` (``RefSegMetric``'s
+    per-sample results of ``split``), predict just those with the Runner's
+    test loop, and draw them (``ris_plugins.visualization``).
 
     Args:
         config (str): Config file.
@@ -79,7 +115,8 @@ def write_demo_contact_sheet(config: str, checkpoint: Optional[str],
         work_dir (str): The sheet goes to ``<work_dir>/contact_sheet.png``
             (the run's logs under ``<work_dir>/contact_sheet/``).
         data_root (str): RefShapes root (relative to the repository).
-        split (str): Dataset split of the val dataloader to draw.
+        per_sample_file (str): JSON list written by ``RefSegMetric``.
+        split (str): Dataset split the file was evaluated on.
 
     Returns:
         str: Path of the PNG.
@@ -87,12 +124,18 @@ def write_demo_contact_sheet(config: str, checkpoint: Optional[str],
     from mmengine.config import Config
 
     from ris_plugins.visualization import (collect_predictions,
+                                           select_samples,
                                            write_contact_sheet)
+    with open(per_sample_file) as f:
+        rows = json.load(f)
+    picks = select_samples([r['iou'] for r in rows])
     cfg = Config.fromfile(config)
     cfg.work_dir = osp.join(work_dir, 'contact_sheet')
     loader = cfg.val_dataloader
     loader.dataset.split = split
     loader.dataset.data_root = osp.join(ROOT, data_root)
+    loader.dataset.indices = sample_indices(loader.dataset,
+                                            [rows[i] for i, _ in picks])
     cfg.test_dataloader = loader
     cfg.visualizer.name = f'contact_sheet_{time.time()}'
     records = collect_predictions(cfg, checkpoint)
@@ -105,11 +148,26 @@ def write_demo_contact_sheet(config: str, checkpoint: Optional[str],
     return out
 
 
+def val_metrics(config: str, per_sample_file: str) -> Dict[str, float]:
+    """The config's val evaluator applied to the per-sample results (the
+    same numbers the training run logged at its final validation)."""
+    from mmengine.config import Config
+    from mmengine.logging import MMLogger
+
+    from mmseg.registry import METRICS
+    MMLogger.get_instance('run_demo')
+    metric = METRICS.build(Config.fromfile(config).val_evaluator)
+    with open(per_sample_file) as f:
+        return metric.compute_metrics(json.load(f))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--config', default=CONFIG)
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--data-root', default='data/refshapes')
+    parser.add_argument('--workers', type=int, default=None,
+                        help='dataloader workers (default: from the cores)')
     parser.add_argument('--skip-train', action='store_true')
     args = parser.parse_args()
     work_dir = osp.join(ROOT, args.work_dir)
@@ -118,9 +176,14 @@ def main() -> None:
     os.makedirs(work_dir, exist_ok=True)
     with open(control, 'w') as f:
         f.write(CONTROL_TEMPLATE.format(config=config))
-    data_opt = [f'train_dataloader.dataset.data_root={args.data_root}',
-                f'val_dataloader.dataset.data_root={args.data_root}',
-                f'test_dataloader.dataset.data_root={args.data_root}']
+    workers = default_workers() if args.workers is None else args.workers
+    data_opt = [f'{loader}.{key}'
+                for loader in ('train_dataloader', 'val_dataloader',
+                               'test_dataloader')
+                for key in (f'dataset.data_root={args.data_root}',
+                            f'num_workers={workers}',
+                            f'persistent_workers={workers > 0}')]
+    per_sample = osp.join(work_dir, 'val_samples.json')
     times = {}
     if not osp.isfile(osp.join(ROOT, args.data_root, 'refshapes',
                                'refs(unc).p')):
@@ -130,17 +193,23 @@ def main() -> None:
                      'make_refshapes.py'), '--out', args.data_root
         ])
     if not args.skip_train:
-        times['mim train'] = run([
+        times['mim train (+ val)'] = run([
             mim(), 'train', 'mmseg', config, '--work-dir', work_dir,
-            '--cfg-options', *data_opt
+            '--cfg-options', *data_opt,
+            f'val_evaluator.per_sample_file={per_sample}'
         ])
     with open(osp.join(work_dir, 'last_checkpoint')) as f:
         ckpt = f.read().strip()
     rows = {}
-    tests = [('val', config, 'val'), ('testA', config, 'testA'),
-             ('testB', config, 'testB'),
+    tests = [('testA', config, 'testA'), ('testB', config, 'testB'),
              ('val, shuffled sentences', control, 'val')]
+    if osp.isfile(per_sample):
+        rows['val'] = val_metrics(config, per_sample)
+    else:  # --skip-train with a checkpoint trained elsewhere
+        tests.insert(0, ('val', config, 'val'))
     for name, test_config, split in tests:
+        extra = ([f'test_evaluator.per_sample_file={per_sample}']
+                 if name == 'val' else [])
         out = osp.join(work_dir, 'test_' + name.replace(', ', '_').replace(
             ' ', '-'))
         split_key = ('test_dataloader.dataset.dataset.split'
@@ -152,7 +221,7 @@ def main() -> None:
         times[f'mim test ({name})'] = run([
             mim(), 'test', 'mmseg', test_config, '--checkpoint', ckpt,
             '--work-dir', out, '--cfg-options', f'{split_key}={split}',
-            *root_opt
+            *root_opt, *extra
         ])
         rows[name] = latest_metrics(out)
     print('\nRefShapes results (trained here, %s):' % osp.basename(config))
@@ -165,7 +234,8 @@ def main() -> None:
     print(f'\nval mIoU drop with shuffled sentences: {gap:.2f} points')
     start = time.time()
     print('\nContact sheet of val predictions (4 best, 4 worst, 8 random):')
-    sheet = write_demo_contact_sheet(config, ckpt, work_dir, args.data_root)
+    sheet = write_demo_contact_sheet(config, ckpt, work_dir, args.data_root,
+                                     per_sample)
     times['contact sheet'] = time.time() - start
     print('Wall time: ' + ', '.join(f'{k} {v:.0f} s'
                                      for k, v in times.items()) +
