@@ -31,6 +31,8 @@ val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 model = dict(
     data_preprocessor=dict(size=_base_.img_scale),
+    # each training sentence through the frozen MiniLM once (exact)
+    text_cache_size=20000,
     # strides 8 / 16 / 32: 128 / 256 / 128 channels (20 / 10 / 5 at 160).
     backbone=dict(
         base_channels=16,

@@ -4,5 +4,8 @@ _base_ = [
     '../_base_/datasets/refshapes_bert-160.py',
     '../_base_/default_runtime.py', '../_base_/schedules/schedule_2k_adamw.py'
 ]
-model = dict(data_preprocessor=dict(size=_base_.img_scale))
+# The frozen MiniLM encodes each training sentence once; later steps look
+# it up (RefSegmentor text_cache_size; exact, the encoder is frozen).
+model = dict(
+    data_preprocessor=dict(size=_base_.img_scale), text_cache_size=20000)
 randomness = dict(seed=0)
