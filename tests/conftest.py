@@ -546,3 +546,50 @@ MINMAX = dict(
     rules=[dict(pattern=r'backbone\.(conv1|stem\.0)', a_qscheme=None,
                 optional=True),
            dict(pattern=r'.*conv_seg', skip=True, optional=True)])
+
+
+# ------------------------------------------------------------ gradients
+def summed_loss(model, inputs, data_samples, seed: int = 0):
+    """Sum of the ``loss*`` entries of ``model``'s ``mode='loss'`` output
+    on ``inputs`` and the text of ``data_samples``; the RNG is reseeded
+    first so that dropout / drop-path masks repeat between calls."""
+    torch.manual_seed(seed)
+    losses = run_samples(model, inputs, data_samples, mode='loss')
+    return sum(v for k, v in losses.items() if 'loss' in k)
+
+
+def assert_gradient_matches_finite_difference(loss_fn, params, eps=1e-6,
+                                              rtol=1e-6):
+    """Autograd's gradient g of the scalar ``loss_fn()`` w.r.t. ``params``
+    against a central finite difference along d = g / |g|:
+    (L(p + eps d) - L(p - eps d)) / (2 eps) must equal g . d = |g|.
+
+    Run it in float64 (the differences are ~1e-6 of the loss). Every
+    tensor in ``params`` must influence the loss (autograd raises
+    otherwise) and |g| must be non-zero. ``loss_fn`` must be
+    deterministic (reseed dropout inside it). Parameters are restored.
+    """
+    params = list(params)
+    default = torch.get_default_dtype()
+    # float64 default: tensors made inside forward passes (e.g.
+    # transformers' causal masks) match float64 models
+    torch.set_default_dtype(torch.float64)
+    try:
+        grads = torch.autograd.grad(loss_fn(), params)
+        norm = torch.sqrt(sum((g.double()**2).sum() for g in grads))
+        assert norm > 0, 'the gradient is zero'
+        steps = [eps * g / norm for g in grads]
+        with torch.no_grad():
+            for p, s in zip(params, steps):
+                p.add_(s)
+            up = loss_fn()
+            for p, s in zip(params, steps):
+                p.sub_(2 * s)
+            down = loss_fn()
+            for p, s in zip(params, steps):
+                p.add_(s)
+    finally:
+        torch.set_default_dtype(default)
+    fd = float(up - down) / (2 * eps)
+    assert abs(fd - float(norm)) <= rtol * float(norm) + 1e-9, (
+        fd, float(norm))

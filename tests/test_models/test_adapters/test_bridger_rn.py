@@ -5,6 +5,8 @@ import torch
 from mmseg.registry import MODELS
 from ris_plugins.models.adapters.bridger_rn import BridgerRN
 
+from ...conftest import assert_gradient_matches_finite_difference
+
 
 def test_bridger_rn_full_size_params():
     br = MODELS.build(dict(type='BridgerRN'))  # RN50 / RN101 widths
@@ -99,6 +101,16 @@ def test_bridger_rn_grads_reach_all_params():
     outs, t, _ = run_stages(br, vis, txt, pad)
     (sum(o.square().mean() for o in outs) + t.square().mean()).backward()
     assert all(p.grad is not None for p in br.parameters())
+    # ... and it is the gradient of that loss (finite difference, float64).
+    br.double()
+    vis, txt = [v.double() for v in vis], txt.double()
+
+    def loss():
+        torch.manual_seed(0)
+        outs, t, _ = run_stages(br, vis, txt, pad)
+        return sum(o.square().mean() for o in outs) + t.square().mean()
+
+    assert_gradient_matches_finite_difference(loss, br.parameters())
 
 
 def test_bridger_rn_bad_input():

@@ -7,6 +7,8 @@ import torch.nn as nn
 from mmseg.registry import MODELS
 from ris_plugins.models.adapters.gst_side_net import GSTSideNet
 
+from ...conftest import assert_gradient_matches_finite_difference
+
 SMALL = dict(
     visual_dim=16,
     text_dim=12,
@@ -201,6 +203,20 @@ def test_output_grads_reach_every_parameter():
     (out.square().mean() + aux).backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None]
     assert not missing
+    # The output's gradient is the true one (finite difference, float64;
+    # ``aux`` is left out: it stops gradients on purpose, see above).
+    net.double()
+    img, feats, txt, pad = inputs(b=2)
+    args = (img.double(), {k: v.double() for k, v in feats.items()},
+            txt.double(), pad)
+    params = [p for n, p in net.named_parameters()
+              if not (n.startswith('decoders.') and '.linear.' in n)]
+
+    def loss():
+        torch.manual_seed(0)
+        return net(*args)[0].square().mean()
+
+    assert_gradient_matches_finite_difference(loss, params)
 
 
 def test_bad_input():

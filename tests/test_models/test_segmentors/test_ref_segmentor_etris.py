@@ -6,9 +6,10 @@ import torch.nn as nn
 
 from mmseg.registry import MODELS
 
-from ...conftest import (BCE, ETRIS_TINY_TEXT, ETRIS_TINY_VIT, run_samples,
-                         text_of, tiny_etris, tiny_etris_rn, token_samples,
-                         tokens)
+from ...conftest import (BCE, ETRIS_TINY_TEXT, ETRIS_TINY_VIT,
+                         assert_gradient_matches_finite_difference,
+                         run_samples, text_of, tiny_etris,
+                         tiny_etris_rn, token_samples, tokens)
 
 
 def test_segmentor_with_dual_encoder_trains_only_adapters_and_head():
@@ -30,6 +31,22 @@ def test_segmentor_with_dual_encoder_trains_only_adapters_and_head():
     assert float(zoom.grad.abs().sum()) > 0
     # The visual positional embedding gets gradient through all blocks.
     assert float(model.backbone.visual.pos_embed.grad.abs().sum()) > 0
+    # The gradients through the whole model are the true ones: finite
+    # difference of the float64 logits' mean square (mmseg's sigmoid
+    # cross-entropy returns float32, too coarse for a finite difference).
+    model.double()
+    tok, mask = text_of(ds)
+
+    def logits_loss():
+        torch.manual_seed(0)
+        return model(img.double(), tok, mask).square().mean()
+
+    # eps 1e-7: the logits are strongly curved along the gradient (at 1e-6
+    # the central difference is already 1e-5 off).
+    assert_gradient_matches_finite_difference(
+        logits_loss, [p for p in model.parameters() if p.requires_grad],
+        eps=1e-7)
+    model.float()
     model.eval()
     with torch.no_grad():
         pred = run_samples(model, img, token_samples(tokens(5, 8)),

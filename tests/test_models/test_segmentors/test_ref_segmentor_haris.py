@@ -10,7 +10,9 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-from ...conftest import EOT, ROOT, SOT, TINY_SAM, run_samples
+from ...conftest import (EOT, ROOT, SOT, TINY_SAM,
+                         assert_gradient_matches_finite_difference,
+                         run_samples, summed_loss)
 
 DEMO_CFG = osp.join(ROOT, 'configs', 'demo',
                     'haris-small_tiny-sam-clip_1xb16-2k_refshapes-160x160.py')
@@ -68,8 +70,8 @@ def test_gradients_reach_only_fusion_and_head():
     model.train()
     assert not model.backbone.training
     assert not model.text_encoder.clip.training
-    losses = run_samples(model, torch.randn(2, 3, 32, 32), clip_samples(2),
-                         mode='loss')
+    img, ds = torch.randn(2, 3, 32, 32), clip_samples(2)
+    losses = run_samples(model, img, ds, mode='loss')
     assert set(losses) == {'decode.loss_focal', 'decode.loss_dice',
                            'decode.acc_seg'}
     sum(v for k, v in losses.items() if 'loss' in k).backward()
@@ -77,9 +79,17 @@ def test_gradients_reach_only_fusion_and_head():
         trainable = name.startswith(('fusion.', 'decode_head.'))
         assert p.requires_grad == trainable, name
         if trainable:
-            assert p.grad is not None, name
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
         else:
-            assert p.grad is None, name
+            assert p.grad is None, name  # frozen: not even a zero tensor
+    for part in (model.fusion, model.decode_head):
+        assert sum(float(p.grad.abs().sum()) for p in part.parameters()) > 0
+    # The gradient is the loss's own: a finite difference along it, in
+    # float64, gives its norm.
+    model.double()
+    assert_gradient_matches_finite_difference(
+        lambda: summed_loss(model, img.double(), ds),
+        [p for p in model.parameters() if p.requires_grad])
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_parts = sum(p.numel() for m in (model.fusion, model.decode_head)
                   for p in m.parameters())
@@ -98,15 +108,44 @@ ABLATIONS = [
 @pytest.mark.parametrize('flags', ABLATIONS, ids=lambda f: ','.join(f))
 def test_each_ablation_builds_trains_and_predicts(flags):
     model = tiny_haris(**flags)
-    losses = run_samples(model, torch.randn(2, 3, 32, 32), clip_samples(2),
-                         mode='loss')
+    img, ds = torch.randn(2, 3, 32, 32), clip_samples(2)
+    losses = run_samples(model, img, ds, mode='loss')
     loss = losses['decode.loss_focal'] + losses['decode.loss_dice']
     loss.backward()
-    grads = [p.grad for p in model.decode_head.parameters()
-             if p.requires_grad]
-    assert all(g is not None for g in grads)
+    for name, p in model.named_parameters():
+        if name.startswith(('backbone.', 'text_encoder.')):
+            assert p.grad is None, name
+    head = [p for p in model.decode_head.parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in head)
+    unused = [n for n, p in model.named_parameters()
+              if p.requires_grad and p.grad is None]
+    if not flags.get('decoder_replaced'):  # see the xfail test below
+        assert not unused
+    # Every head parameter is used (autograd.grad raises otherwise) and
+    # the head's gradient agrees with a finite difference (float64).
+    model.double()
+    assert_gradient_matches_finite_difference(
+        lambda: summed_loss(model, img.double(), ds), head)
+    model.float()
     model.eval()
     with torch.no_grad():
         pred = run_samples(model, torch.randn(1, 3, 32, 32),
                            clip_samples(1), mode='predict')
     assert pred[0].pred_sem_seg.data.shape == (1, 32, 32)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    'known issue: with decoder_replaced the query head no longer reads the '
+    'words, so the fusion word branch (vw_value, vw_out, w_norm of every '
+    'HLA block) is trainable but never gets a gradient; DDP training of '
+    'projects/haris/configs/haris-decoder-replaced_* without '
+    'find_unused_parameters=True would stop at the first step'))
+def test_decoder_replaced_gives_every_trainable_parameter_a_gradient():
+    model = tiny_haris(decoder_replaced=True)
+    losses = run_samples(model, torch.randn(2, 3, 32, 32), clip_samples(2),
+                         mode='loss')
+    (losses['decode.loss_focal'] + losses['decode.loss_dice']).backward()
+    unused = [n for n, p in model.named_parameters()
+              if p.requires_grad and p.grad is None]
+    assert not unused, unused
