@@ -2,6 +2,7 @@
 network."""
 import os.path as osp
 
+import pytest
 import torch
 import torch.nn as nn
 from mmengine.config import Config
@@ -38,6 +39,7 @@ def test_barleria_no_gst_full_size_parameters():
     assert _trainable(model) == 390_656 + 677 * 768 + 77 * 512 + 22_671_361
 
 
+@pytest.mark.slow
 def test_barleria_full_size_parameters():
     """Full BarLeRIa: + the GST side network as released (3,126,848)."""
     cfg = Config.fromfile(FULL_CFG)

@@ -63,6 +63,7 @@ def head_params(c3: int, c4: int, c5: int, sent: int,
     return ha + ga + projector
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch,c5,sent,paper', [('r50', 1024, 1024, 26.74),
                                                 ('r101', 512, 512, 24.24)])
 def test_etris_rn_full_size_parameters_and_taps(arch, c5, sent, paper):

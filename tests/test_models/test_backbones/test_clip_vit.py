@@ -59,6 +59,7 @@ def test_invalid_arguments():
     assert tiny_vit(out_indices=(0, ), output_dim=None).out_channels == (64, )
 
 
+@pytest.mark.slow
 def test_vit_b16_matches_openai_visual_tower():
     model = CLIPViT()  # defaults: ViT-B/16, 224, proj 768 -> 512
     # OpenAI ViT-B/16 visual tower, by hand (C = 768, 12 layers, p = 16):

@@ -19,6 +19,7 @@ def test_multimodal_swin_outputs():
         MultiModalSwin(pwam_heads=(1, 1), **TINY_SWIN)
 
 
+@pytest.mark.slow
 def test_full_size_parameter_counts():
     """ris_methods.md 1.5, confirmed there against the official model."""
     swin = MultiModalSwin(arch='base', window_size=12, img_size=480,

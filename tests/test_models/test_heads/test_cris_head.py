@@ -62,6 +62,7 @@ def test_cris_head_bce_loss(loss_at):
     assert 0 <= float(losses['acc_seg']) <= 100
 
 
+@pytest.mark.slow
 def test_cris_head_full_size_parameter_counts():
     """ris_methods.md 2.6: FPN + decoder + projector = 42,742,785 (RN50);
     24.14M + 12.63M + 5.97M; RN101 40.51M."""
