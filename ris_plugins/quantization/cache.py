@@ -7,7 +7,7 @@ so caches from several processes (DDP) merge in sample order
 (:mod:`.calibrate` caches one group of layers at a time).
 """
 import math
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -112,3 +112,70 @@ def all_gather_caches(caches: Dict[str, list]) -> Dict[str, list]:
         for name, entries in part.items():
             merged[name].extend(entries)
     return merged
+
+
+class CallProbe:
+    """Forward pre-hooks recording, for one sample, the order in which the
+    quantized layers are called and the bytes :class:`InputCache` would
+    keep per call (the sub-sampled inputs are computed and dropped).
+
+    Attributes:
+        order (list[str]): layer names, one per call, in call order.
+        nbytes (dict[str, int]): cached bytes per layer for this sample.
+    """
+
+    def __init__(self, layers: Dict[str, nn.Module], max_rows: int = 256):
+        self.order: List[str] = []
+        self.nbytes: Dict[str, int] = {n: 0 for n in layers}
+        self._handles = [
+            layer.register_forward_pre_hook(
+                self._hook(name, layer.KIND, max_rows))
+            for name, layer in layers.items()]
+
+    def _hook(self, name: str, kind: str, max_rows: int) -> Callable:
+        def hook(module: nn.Module, args: tuple) -> None:
+            self.order.append(name)
+            self.nbytes[name] += sum(
+                t.numel() * t.element_size()
+                for t in subsample(kind, args, max_rows))
+        return hook
+
+    def remove(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+
+
+def plan_groups(order: List[str], nbytes: Dict[str, int], samples: int,
+                budget_bytes: Optional[float]) -> List[List[str]]:
+    """Split the layers into groups, contiguous in call order, whose cached
+    inputs over ``samples`` samples hold at most ``budget_bytes`` (a
+    layer larger than the budget gets a group of its own).
+
+    Args:
+        order: layer names in call order (repeats allowed; first call
+            counts), from :class:`CallProbe`.
+        nbytes: cached bytes per layer for one sample.
+        samples: number of calibration samples (all processes together).
+        budget_bytes: cache budget; None = one group (every layer's inputs
+            held at once).
+
+    Returns:
+        list[list[str]]: the groups in call order; layers that were never
+        called form the last group (their calibration then fails with the
+        usual error).
+    """
+    first = list(dict.fromkeys(order))
+    never = [n for n in nbytes if n not in set(first)]
+    if budget_bytes is None:
+        return [first + never]
+    groups, current, size = [], [], 0.0
+    for name in first:
+        need = nbytes[name] * samples
+        if current and size + need > budget_bytes:
+            groups.append(current)
+            current, size = [], 0.0
+        current.append(name)
+        size += need
+    groups.append(current + never)
+    return [g for g in groups if g]

@@ -92,14 +92,17 @@ def _search_quantizer(layer: nn.Module, kind: str, child: str,
                       fp: Dict[str, Tensor], ref: Tensor, dim,
                       chunk_elems: int) -> int:
     """Evaluate every candidate of one quantizer (in chunks of candidates
-    whose outputs hold at most ``chunk_elems`` elements) and select the
+    whose outputs, and whose stacked candidate operands, hold at most
+    ``chunk_elems`` elements each; a weight candidate of a wide layer can
+    be larger than the layer's output) and select the
     best per group; returns the number of candidates."""
     quantizers = layer.quantizers()
     q = quantizers[child]
     ops = {c: (quantizers[c](t) if c in quantizers else t)
            for c, t in fp.items() if c != child}
     n = q.num_candidates()
-    step = max(1, chunk_elems // max(1, ref.numel()))
+    per_candidate = max(1, ref.numel(), fp[child].numel())
+    step = max(1, chunk_elems // per_candidate)
     errors = []
     for i0 in range(0, n, step):
         cands = torch.stack([q.fake_quant_candidate(fp[child], i)

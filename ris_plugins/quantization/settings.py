@@ -7,7 +7,9 @@
         quant_cfg=dict(w_bits=4, a_bits=4, global_qconfig=..., rules=...,
                        faithful=False),
         search=dict(rounds=1, rows=256),   # None: observers only
+                                           # (+ chunk_elems, memory)
         calibrate_steps=32, seed=0, max_rows=256,
+        max_cache_mb=2048,                 # cache bound (MiB) or None
         calibrate_dataloader=None,         # dict(dataset=...) or None
         params_file='ptq_params.pth', load_params=None)
 
@@ -30,9 +32,9 @@ from typing import Dict, Optional
 from .quantize import validate_quant_cfg
 
 DEFAULTS = dict(quant_cfg=None, search=None, calibrate_dataloader=None,
-                calibrate_steps=32, seed=0, max_rows=256,
+                calibrate_steps=32, seed=0, max_rows=256, max_cache_mb=2048,
                 params_file='ptq_params.pth', load_params=None)
-SEARCH_KEYS = ('rounds', 'rows')
+SEARCH_KEYS = ('rounds', 'rows', 'chunk_elems')
 
 
 def _positive_int(value, where: str) -> int:
@@ -56,7 +58,8 @@ def check_ptq_cfg(ptq: Optional[dict], where: str = 'ptq') -> dict:
             the valid ones), no ``quant_cfg``, a bad ``quant_cfg`` (unknown
             key, bits not an int in [2, 16] or missing, invalid rule
             regex), ``calibrate_steps`` / ``max_rows`` / search ``rounds``
-            / ``rows`` not positive ints, or an unknown search key.
+            / ``rows`` not positive ints, ``max_cache_mb`` not a positive
+            number or None, or an unknown search key.
     """
     if ptq is None:
         raise ValueError(f'{where}: no PTQ settings; inherit one of '
@@ -83,6 +86,11 @@ def check_ptq_cfg(ptq: Optional[dict], where: str = 'ptq') -> dict:
     validate_quant_cfg(out['quant_cfg'])
     for key in ('calibrate_steps', 'max_rows'):
         _positive_int(out[key], f'{where}.{key}')
+    cache = out['max_cache_mb']
+    if cache is not None and (isinstance(cache, bool) or not isinstance(
+            cache, (int, float)) or not cache > 0):
+        raise ValueError(f'{where}.max_cache_mb must be a positive number '
+                         f'(MiB) or None, got {cache!r}')
     search = out['search']
     if search is not None:
         if not isinstance(search, dict):

@@ -141,9 +141,12 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     model, data = tiny_lavt(), batch(4)
     state = quantize_model(model, qcfg(4))
     imgs, samples = data
-    calibrate(state, lambda i: run(model, (imgs[i:i + 1], samples[i:i + 1])),
-              range(rank, 4, world), search=dict(rounds=1, rows=64),
-              gather=all_gather_caches)
+    # streamed (several layer groups) as well as distributed
+    times = calibrate(state, lambda i: run(model, (imgs[i:i + 1],
+                                                   samples[i:i + 1])),
+                      range(rank, 4, world), search=dict(rounds=1, rows=64),
+                      gather=all_gather_caches, max_cache_mb=0.1)
+    assert times['groups'] > 2
     if rank == 0:
         torch.save(quant_state_dict(state), out)
     dist.destroy_process_group()
@@ -151,6 +154,8 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_ddp_calibration_equals_single_process(tmp_path):
+    """2 gloo processes, streamed calibration, vs one process holding
+    every cache at once."""
     out = str(tmp_path / 'ddp.pth')
     mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2)
     torch.manual_seed(0)

@@ -1,5 +1,7 @@
-"""Calibration (``ris_plugins/quantization/calibrate*``): the parameters of
-a whole tiny LAVT are pinned bit for bit.
+"""Calibration (``ris_plugins/quantization/calibrate.py``, ``cache.py``):
+the parameters of a whole tiny LAVT are pinned bit for bit, and the
+streamed calibration (bounded cache, one group of layers at a time) gives
+exactly the same parameters.
 
 ``tests/data/ptq_calibrated_tiny_lavt.pth`` holds the quantization
 parameters computed by the non-streamed calibration of commit 2b007b5
@@ -11,6 +13,7 @@ the test runs on one thread, as float32 reductions (and so the last bits
 of a search's errors) depend on the thread count.  Regenerate only when a
 change of the calibrated values is intended.
 """
+import importlib
 import os.path as osp
 import zlib
 
@@ -111,14 +114,18 @@ def tiny_inputs(n: int = SAMPLES, length: int = 8) -> list:
     return out
 
 
-def calibrated_params(**kw) -> dict:
-    """Quantize and calibrate the tiny LAVT; its quantization parameters."""
+def calibrated_params(times: dict = None, search: dict = SEARCH,
+                      **kw) -> dict:
+    """Quantize and calibrate the tiny LAVT; its quantization parameters
+    (``times`` receives calibrate's stage times)."""
     model = name_seeded(MODELS.build(TINY_LAVT))
     data = tiny_inputs()
     state = quantize_model(model, QUANT_CFG)
     with torch.no_grad():
-        calibrate(state, lambda i: model(*data[i]), range(len(data)),
-                  max_rows=MAX_ROWS, search=SEARCH, **kw)
+        out = calibrate(state, lambda i: model(*data[i]), range(len(data)),
+                        max_rows=MAX_ROWS, search=search, **kw)
+    if times is not None:
+        times.update(out)
     return quant_state_dict(state)
 
 
@@ -142,6 +149,91 @@ def test_calibration_equals_the_pinned_parameters(one_thread):
     assert any(k.endswith('.thresholds') for k in want)  # RORQ
     assert any('image_lang_att.matmul1' in k for k in want)  # PWAM
     assert_bitwise_equal(calibrated_params(), want)
+
+
+@pytest.mark.parametrize('budget_mb', [0.3, 0.02])
+def test_streamed_calibration_equals_the_pinned_parameters(one_thread,
+                                                           budget_mb):
+    """Groups of layers cached and calibrated one after the other (the FP
+    prefix re-run per group) give the pinned parameters bit for bit."""
+    times = {}
+    params = calibrated_params(max_cache_mb=budget_mb, times=times)
+    assert times['groups'] >= (3 if budget_mb == 0.3 else 20)
+    assert_bitwise_equal(params, safe_torch_load(PINNED))
+
+
+def test_candidate_chunks_do_not_change_the_parameters(one_thread):
+    """The search evaluating one candidate at a time (``chunk_elems=1``)
+    instead of all at once gives the pinned parameters bit for bit."""
+    import ris_plugins.quantization.search as S
+    seen = []
+    real = S._candidate_outputs
+
+    def spy(layer, kind, ops, child, cands):
+        seen.append(len(cands))
+        return real(layer, kind, ops, child, cands)
+
+    S._candidate_outputs = spy
+    try:
+        params = calibrated_params()
+        assert max(seen) > 1  # the default batches candidates
+        seen.clear()
+        chunked = calibrated_params(search=dict(SEARCH, chunk_elems=1))
+    finally:
+        S._candidate_outputs = real
+    assert set(seen) == {1}
+    assert_bitwise_equal(chunked, params)
+    assert_bitwise_equal(chunked, safe_torch_load(PINNED))
+
+
+def test_streamed_passes_stop_after_the_group_and_bound_the_cache(
+        monkeypatch):
+    """Every group's cache fits the budget (a layer larger than it stands
+    alone), only the last group's passes reach the decode head, and no
+    quantizer is enabled while the prefix runs."""
+    model = name_seeded(MODELS.build(TINY_LAVT))
+    data = tiny_inputs(2)
+    state = quantize_model(model, QUANT_CFG)
+    held, head_calls, enabled_in_pass = [], [], []
+    # the package exports the function calibrate under the module's name
+    C = importlib.import_module('ris_plugins.quantization.calibrate')
+    real_collect = C._collect
+
+    def spy_collect(layers, *args, **kw):
+        cache = real_collect(layers, *args, **kw)
+        held.append(sum(t.numel() * t.element_size()
+                        for entries in cache.caches.values()
+                        for _, ts in entries for t in ts))
+        return cache
+
+    def run(i):
+        enabled_in_pass.append(any(q.enabled for _, q in state.quantizers()))
+        model(*data[i])
+
+    model.decode_head.register_forward_pre_hook(
+        lambda *a: head_calls.append(1))
+    budget = 0.05
+    planned, real_plan = [], C.plan_groups
+
+    def spy_plan(*args):
+        planned.extend(real_plan(*args))
+        return planned
+
+    monkeypatch.setattr(C, '_collect', spy_collect)
+    monkeypatch.setattr(C, 'plan_groups', spy_plan)
+    times = calibrate(state, run, range(2), max_rows=MAX_ROWS,
+                      max_cache_mb=budget)
+    largest = max(held)
+    assert times['groups'] == len(held) > 5
+    assert all(h <= budget * 2**20 for h in held if h != largest)
+    # the probe (1 sample), then 2 samples for each group that holds
+    # decode-head layers: the passes of the others stop before the head
+    in_head = sum(any(n.startswith('decode_head.') for n in g)
+                  for g in planned)
+    assert len(planned) > in_head > 0
+    assert len(head_calls) == 1 + 2 * in_head
+    assert not any(enabled_in_pass)
+    assert all(q.enabled for _, q in state.quantizers())
 
 
 if __name__ == '__main__':

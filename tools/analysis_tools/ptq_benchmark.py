@@ -100,6 +100,11 @@ def main():
     parser.add_argument('--bits', default='w4a4')
     parser.add_argument('--random-text-encoder', action='store_true',
                         help='BERT-base with random weights (no download)')
+    parser.add_argument('--max-cache-mb', type=float, default=None,
+                        help='bound of the cached inputs held at once '
+                        '(streamed calibration); default: all at once')
+    parser.add_argument('--skip-sizes', action='store_true',
+                        help='do not report the model size per bit setting')
     parser.add_argument('--naive-layers', type=int, default=0,
                         help='text-encoder Linear layers to also search '
                         'with per-candidate full forwards')
@@ -110,7 +115,7 @@ def main():
     data = synthetic_inputs(cfg, args.samples)
     print(f'threads {torch.get_num_threads()}, model built, peak RSS '
           f'{peak_rss_mb():.0f} MiB')
-    for bits in ('w8a8', 'w6a6', 'w4a8', 'w4a4'):
+    for bits in () if args.skip_sizes else ('w8a8', 'w6a6', 'w4a8', 'w4a4'):
         state = quantize_model(copy.deepcopy(model), quant_cfg('minmax',
                                                                bits)[0])
         fp_mb, q_mb = model_size_mb(model, state)
@@ -120,9 +125,12 @@ def main():
     state = quantize_model(qmodel, qc)
     rss0 = peak_rss_mb()
     times = calibrate(state, lambda i: qmodel(*data[i]),
-                      range(len(data)), search=search)
+                      range(len(data)), search=search,
+                      max_cache_mb=args.max_cache_mb)
+    groups = times.pop('groups')
     print(f'{args.method} {args.bits.upper()} calibration of '
-          f'{len(state.layers)} layers on {len(data)} samples: ' +
+          f'{len(state.layers)} layers in {groups} group(s) on '
+          f'{len(data)} samples: ' +
           ', '.join(f'{k} {v:.1f} s' for k, v in times.items()) +
           f'; peak RSS {peak_rss_mb():.0f} MiB (+{peak_rss_mb() - rss0:.0f})')
     if args.naive_layers:

@@ -61,6 +61,12 @@ class PTQHook(Hook):
     - ``seed`` (int): seeds the choice of the N samples (a permutation of
       the dataset), so calibration is deterministic.
     - ``max_rows`` (int): input rows cached per layer and sample (>= 1).
+    - ``max_cache_mb`` (float or None): bound (MiB, default 2048) of the
+      cached layer inputs held at once: layers are calibrated group by
+      group, the FP prefix re-run per group; None holds every layer's
+      inputs at once (one forward per sample, most memory).  The
+      parameters do not depend on it, so it is not part of the reuse
+      check.
     - ``params_file`` (str): file name in the work dir for the calibrated
       parameters.  Reused only when it was calibrated from a checkpoint
       with the same contents (SHA-256 of the checkpoint file's bytes, or
@@ -156,7 +162,8 @@ class PTQHook(Hook):
         dataset = self._build_dataset(runner)
         times = calibrate_on_dataset(self.state, model, dataset,
                                      ptq['calibrate_steps'], ptq['seed'],
-                                     ptq['max_rows'], ptq['search'])
+                                     ptq['max_rows'], ptq['search'],
+                                     ptq['max_cache_mb'])
         print_log('PTQ times (s): ' + ', '.join(
             f'{k} {v:.1f}' for k, v in times.items()), logger='current')
         if is_main_process():
