@@ -489,6 +489,24 @@ def demo_inputs(cfg):
     return img, tokens, mask
 
 
+# ---------------------------------------------------------------- images
+def exif_rotated_jpeg(path, size=48):
+    """Write a square JPEG whose EXIF says Orientation=6 (rotate 90 deg CW
+    for display) to ``path``; returns its stored pixels (size, size, 3)
+    BGR uint8 as decoded by PIL, which does not apply EXIF unless asked."""
+    import numpy as np
+    from PIL import Image
+    rgb = np.zeros((size, size, 3), np.uint8)
+    rgb[:size // 4, :, 0] = 250  # red band along the top
+    rgb[:, :size // 4, 2] = 250  # blue band down the left side
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(path, exif=exif, quality=100, subsampling=0)
+    with Image.open(path) as img:
+        assert img.getexif()[0x0112] == 6
+        return np.asarray(img.convert('RGB'))[..., ::-1]
+
+
 # ------------------------------------------------------------ converters
 def train_py_file(path, state, params) -> None:
     """Write ``state`` as CRIS's train.py does: DDP ``module.`` keys, plus

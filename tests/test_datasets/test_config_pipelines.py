@@ -9,8 +9,7 @@ from mmengine.config import Config
 
 from mmseg.registry import TRANSFORMS
 
-from ..conftest import ROOT
-from .test_loading import _exif_rotated_jpeg
+from ..conftest import ROOT, exif_rotated_jpeg
 
 CONFIGS = sorted(
     glob.glob(osp.join(ROOT, 'configs', '*', '*.py')) +
@@ -34,7 +33,7 @@ def pipelines(cfg: Config):
 @pytest.fixture(scope='module')
 def exif_jpeg(tmp_path_factory):
     path = str(tmp_path_factory.mktemp('exif') / 'rotated.jpg')
-    return path, _exif_rotated_jpeg(path).astype(int)
+    return path, exif_rotated_jpeg(path).astype(int)
 
 
 @pytest.mark.parametrize('path', CONFIGS,

@@ -2,13 +2,14 @@
 image loader's EXIF convention and its errors on unreadable files."""
 import numpy as np
 import pytest
-from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ris_plugins.datasets.transforms import (LoadRefImage, LoadRefMask,
                                              check_segmentation,
                                              decode_rle_counts,
                                              decode_segmentation)
+
+from ..conftest import exif_rotated_jpeg
 
 
 def _runs(mask: np.ndarray) -> list:
@@ -82,25 +83,10 @@ def test_load_ref_mask_names_ref_and_annotation():
         LoadRefMask()(results)
 
 
-def _exif_rotated_jpeg(path, size=48) -> np.ndarray:
-    """A square JPEG whose EXIF says Orientation=6 (rotate 90 deg CW for
-    display); returns its stored pixels (BGR) as decoded by PIL, which
-    does not apply EXIF unless asked."""
-    rgb = np.zeros((size, size, 3), np.uint8)
-    rgb[:size // 4, :, 0] = 250  # red band along the top
-    rgb[:, :size // 4, 2] = 250  # blue band down the left side
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.fromarray(rgb).save(path, exif=exif, quality=100, subsampling=0)
-    with Image.open(path) as img:
-        assert img.getexif()[0x0112] == 6
-        return np.asarray(img.convert('RGB'))[..., ::-1]
-
-
 @pytest.mark.parametrize('backend', ['cv2', 'pillow'])
 def test_load_ref_image_ignores_exif_orientation(tmp_path, backend):
     path = str(tmp_path / 'rotated.jpg')
-    raw = _exif_rotated_jpeg(path).astype(int)
+    raw = exif_rotated_jpeg(path).astype(int)
     out = LoadRefImage(imdecode_backend=backend)(dict(img_path=path))
     assert out['img'].shape == raw.shape
     assert np.abs(out['img'].astype(int) - raw).max() <= 3
