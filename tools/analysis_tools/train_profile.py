@@ -1,8 +1,11 @@
 """Where a training iteration of a config spends its time, stage by stage.
 
 Builds the config's Runner pieces (model, train dataloader on the real
-data, optimizer wrapper), then runs ``--iters`` training iterations by hand
-and times each stage with ``time.perf_counter`` (CPU: every stage is
+data, optimizer wrapper), calls the hooks' ``before_run`` (e.g.
+``ChannelsLastHook``), then runs ``--iters`` training iterations by hand,
+forward and loss inside the optimizer wrapper's ``optim_context`` (bf16
+autocast with ``CPUAmpOptimWrapper``) as ``train_step`` does, and times
+each stage with ``time.perf_counter`` (CPU: every stage is
 synchronous; on CUDA the device is synchronised at each boundary):
 
 =============  =========================================================
@@ -78,18 +81,19 @@ def one_iteration(model, batch_iter, optim_wrapper) -> Dict[str, float]:
     out: Dict[str, List[float]] = {s: [] for s in STAGES}
     batch = timed(out['data'], next)(batch_iter)
     data = timed(out['preprocess'], model.data_preprocessor)(batch, True)
-    feats, text, aux = timed(out['visual+fusion'], model._extract)(
-        data['inputs'], data['tokens'], data['text_mask'])
-    head = model.decode_head
-    args = (feats, data['data_samples'], model.train_cfg)
+    with optim_wrapper.optim_context(model):  # e.g. autocast, as train_step
+        feats, text, aux = timed(out['visual+fusion'], model._extract)(
+            data['inputs'], data['tokens'], data['text_mask'])
+        head = model.decode_head
+        args = (feats, data['data_samples'], model.train_cfg)
 
-    def head_loss():
-        losses = (head.loss(*args, text) if reads_text(head) else
-                  head.loss(*args))
-        losses.update(aux)
-        return model.parse_losses(losses)[0]
+        def head_loss():
+            losses = (head.loss(*args, text) if reads_text(head) else
+                      head.loss(*args))
+            losses.update(aux)
+            return model.parse_losses(losses)[0]
 
-    loss = timed(out['head+loss'], head_loss)()
+        loss = timed(out['head+loss'], head_loss)()
     timed(out['backward'], loss.backward)()
 
     def step():
@@ -114,6 +118,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     model = runner.model
     loader = runner.build_dataloader(cfg.train_dataloader)
     optim_wrapper = runner.build_optim_wrapper(cfg.optim_wrapper)
+    runner.call_hook('before_run')  # e.g. ChannelsLastHook
     model.train()
     batch_iter = iter(loader)
     laps: Dict[str, List[float]] = {s: [] for s in STAGES}

@@ -189,9 +189,12 @@ class RefSegmentor(BaseSegmentor):
             self.text_cache.clear()
 
     def train(self, mode: bool = True) -> 'RefSegmentor':
-        """``nn.Module.train``; also empties the text cache, so cached
-        features never outlive a stretch of training."""
-        self._clear_text_cache()
+        """``nn.Module.train``; a change of mode also empties the text
+        cache, so cached features never outlive a stretch of training
+        (mmengine's ``IterBasedTrainLoop`` calls ``train()`` before every
+        iteration, which keeps the cache)."""
+        if mode != self.training:
+            self._clear_text_cache()
         return super().train(mode)
 
     @property

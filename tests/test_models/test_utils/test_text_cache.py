@@ -83,6 +83,7 @@ def test_cache_is_off_in_eval_and_cleared_by_mode_and_loading():
     tokens, mask = batch(0)
     model.train()
     model.encode_text(tokens, mask)
+    model.train()  # mmengine's IterBasedTrainLoop does this every iteration
     assert len(model.text_cache) == 3
     model.eval()
     assert len(model.text_cache) == 0
