@@ -31,6 +31,13 @@ import ris_plugins  # noqa: F401  (registers the plugin's modules)
 
 register_all_modules(init_default_scope=True)
 
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    # pytest-xdist runs one worker per core: one compute thread each (and
+    # in the subprocesses they start), or the workers' thread pools fight
+    # for the cores and small ops slow down by orders of magnitude.
+    torch.set_num_threads(1)
+    os.environ['OMP_NUM_THREADS'] = '1'
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CFG = osp.join(
     ROOT, 'configs', 'demo',
