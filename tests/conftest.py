@@ -9,7 +9,9 @@ DualEncoderBackbone (``tiny_lavt``, ``tiny_cris``, ``tiny_etris``,
 ``tiny_etris_rn``, ``tiny_dual_encoder``), name-seeded weights and the
 demo inputs (``name_seeded_``, ``demo_inputs``). Tools: ``load_tool``,
 ``run_mim``, the CRIS train.py checkpoint writer (``train_py_file``) and
-the quantization test config (``qcfg``, ``batch``, ``run``, ``MINMAX``).
+the quantization test config (``qcfg``, ``batch``, ``run``,
+``calibrate_on``, ``MINMAX``), visualization masks and samples (``rect``,
+``sample``).
 Test modules import helpers from here, never from each other.
 """
 import importlib.util
@@ -528,8 +530,6 @@ def train_py_file(path, state, params) -> None:
 
 
 # ---------------------------------------------------------- quantization
-# (tests/test_quantization/test_ptq_framework.py and test_deploy/test_qdq.py
-# still hold their own copies of qcfg / batch / run / MINMAX.)
 W_QSCHEME = dict(type='UniformQuantizer', granularity='channel')
 A_QSCHEME = dict(type='UniformQuantizer', symmetric=False)
 M_QSCHEME = dict(type='UniformQuantizer', granularity='head', ch_axis=1)
@@ -563,6 +563,15 @@ def run(model, data):
         return model(data[0], *text_of(data[1]))
 
 
+def calibrate_on(model, state, data, **kw):
+    """``calibrate`` the quantization ``state`` of ``model`` on ``batch()``
+    data, one image per calibration sample; ``kw`` go to ``calibrate``."""
+    from ris_plugins.quantization import calibrate
+    imgs, ds = data
+    return calibrate(state, lambda i: run(model, (imgs[i:i + 1], ds[i:i + 1])),
+                     range(len(imgs)), **kw)
+
+
 MINMAX = dict(
     global_qconfig=dict(
         w_qscheme=dict(type='UniformQuantizer', granularity='channel'),
@@ -571,6 +580,27 @@ MINMAX = dict(
     rules=[dict(pattern=r'backbone\.(conv1|stem\.0)', a_qscheme=None,
                 optional=True),
            dict(pattern=r'.*conv_seg', skip=True, optional=True)])
+
+
+# -------------------------------------------------------- visualization
+def rect(h, w, y0, y1, x0, x1):
+    """(h, w) bool mask, True on rows [y0, y1) and columns [x0, x1)."""
+    import numpy as np
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def sample(pred=None, gt=None, text='the red circle', **meta):
+    """A SegDataSample with metainfo ``meta`` (plus ``text`` unless None)
+    and (h, w) masks ``pred`` / ``gt`` as pred_sem_seg / gt_sem_seg."""
+    ds = SegDataSample(metainfo=dict(meta, **({'text': text}
+                                              if text is not None else {})))
+    if pred is not None:
+        ds.pred_sem_seg = PixelData(data=torch.from_numpy(pred[None]).long())
+    if gt is not None:
+        ds.gt_sem_seg = PixelData(data=torch.from_numpy(gt[None]).long())
+    return ds
 
 
 # ------------------------------------------------------------ gradients

@@ -19,16 +19,9 @@ from ris_plugins.quantization.quantizers import (RORQQuantizer,
                                                  UniformQuantizer)
 from ris_plugins.utils.synthetic import synthetic_inputs
 
-ort = pytest.importorskip('onnxruntime')
+from ..conftest import MINMAX
 
-MINMAX = dict(
-    global_qconfig=dict(
-        w_qscheme=dict(type='UniformQuantizer', granularity='channel'),
-        a_qscheme=dict(type='UniformQuantizer', symmetric=False),
-        m_qscheme=dict(type='UniformQuantizer', symmetric=False)),
-    rules=[dict(pattern=r'backbone\.(conv1|stem\.0)', a_qscheme=None,
-                optional=True),
-           dict(pattern=r'.*conv_seg', skip=True, optional=True)])
+ort = pytest.importorskip('onnxruntime')
 
 
 class _Lowered(nn.Module):

@@ -132,7 +132,7 @@ def test_reference_mode_calibrates_a_whole_model():
     """The whole reference config on a tiny LAVT: every quantizer gets
     ``faithful=True``, calibration (one sample, a 16-row search: the cost
     is the number of candidates x rows) gives finite, quantized outputs."""
-    from .test_ptq_framework import batch, calibrate_on, run, tiny_lavt
+    from ..conftest import batch, calibrate_on, run, tiny_lavt
     from ris_plugins.quantization import quantize_model
     model, data = tiny_lavt(), batch(1)
     fp_out = run(model, data)

@@ -11,8 +11,7 @@ from ris_plugins.quantization import (calibrate, load_quant_file,
                                       save_quant_params)
 from ris_plugins.quantization.params import StaleFormatError
 
-from ..conftest import tiny_lavt
-from .test_ptq_framework import batch, calibrate_on, qcfg
+from ..conftest import batch, calibrate_on, qcfg, tiny_lavt
 
 W_KEY = 'backbone.stages.0.blocks.0.attn.w_msa.qkv.w_quantizer.scale'
 HEAD_KEY = 'backbone.stages.1.blocks.0.attn.w_msa.matmul1.a_quantizer.scale'

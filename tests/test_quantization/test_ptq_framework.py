@@ -11,40 +11,10 @@ from ris_plugins.quantization import (QuantLinear, calibrate,
                                       search_layer)
 from ris_plugins.quantization.quantizers import UniformQuantizer
 
-from ..conftest import samples, text_of, tiny_lavt, tiny_model
-
-W = dict(type='UniformQuantizer', granularity='channel')
-A = dict(type='UniformQuantizer', symmetric=False)
-M = dict(type='UniformQuantizer', granularity='head', ch_axis=1)
-
-
-def qcfg(bits=8, **kw):
-    cfg = dict(w_bits=bits, a_bits=bits,
-               global_qconfig=dict(w_qscheme=W, a_qscheme=A, m_qscheme=M),
-               rules=[dict(pattern=r'.*matmul2', types=['MatMul'],
-                           a_qscheme=dict(type='TwinUniformSoftmaxQuantizer')),
-                      dict(pattern=r'.*ffn\.layers\.1', types=['Linear'],
-                           a_qscheme=dict(type='TwinUniformGELUQuantizer')),
-                      dict(pattern=r'text_encoder\..*', types=['Linear'],
-                           a_qscheme=dict(type='RORQQuantizer'))])
-    cfg.update(kw)
-    return cfg
-
-
-def batch(n=2, seed=0):
-    torch.manual_seed(seed)
-    return torch.rand(n, 3, 64, 64), samples(n, seed=seed)
-
-
-def run(model, data):
-    with torch.no_grad():
-        return model(data[0], *text_of(data[1]))
-
-
-def calibrate_on(model, state, data, **kw):
-    imgs, ds = data
-    return calibrate(state, lambda i: run(model, (imgs[i:i + 1], ds[i:i + 1])),
-                     range(len(imgs)), **kw)
+from ..conftest import A_QSCHEME as A
+from ..conftest import M_QSCHEME as M
+from ..conftest import W_QSCHEME as W
+from ..conftest import batch, calibrate_on, qcfg, run, tiny_lavt, tiny_model
 
 
 def snapshot(model):

@@ -8,8 +8,7 @@ from ris_plugins.visualization import (collect_predictions, contact_sheet,
                                        record_of, sample_of, select_samples,
                                        write_contact_sheet)
 
-from ..conftest import tiny_cfg
-from .test_local_visualizer import rect, sample
+from ..conftest import rect, sample, tiny_cfg
 
 
 def test_select_best_worst_random():

@@ -11,10 +11,9 @@ from mmengine.config import Config
 from mmengine.structures import PixelData
 
 from mmseg.registry import VISUALIZERS
-from mmseg.structures import SegDataSample
 from ris_plugins.visualization import RefSegLocalVisualizer
 
-from ..conftest import ROOT
+from ..conftest import ROOT, rect, sample
 
 PRED = (0, 220, 255)
 GT = (255, 120, 0)
@@ -27,22 +26,6 @@ def visualizer(**kw) -> RefSegLocalVisualizer:
     return RefSegLocalVisualizer(
         name=f'test_vis_{_count[0]}', pred_color=PRED, gt_color=GT,
         alpha=ALPHA, **kw)
-
-
-def rect(h, w, y0, y1, x0, x1) -> np.ndarray:
-    m = np.zeros((h, w), bool)
-    m[y0:y1, x0:x1] = True
-    return m
-
-
-def sample(pred=None, gt=None, text='the red circle', **meta):
-    ds = SegDataSample(metainfo=dict(meta, **({'text': text}
-                                              if text is not None else {})))
-    if pred is not None:
-        ds.pred_sem_seg = PixelData(data=torch.from_numpy(pred[None]).long())
-    if gt is not None:
-        ds.gt_sem_seg = PixelData(data=torch.from_numpy(gt[None]).long())
-    return ds
 
 
 def texture(h, w, seed=0) -> np.ndarray:
