@@ -12,12 +12,14 @@ from .quantize import (QuantState, quantize_model, restore_model,
 from .quantizers import *  # noqa: F401,F403
 from .registry import QUANTIZERS
 from .search import search_layer
+from .sensitivity import LayerSensitivity, layer_errors, tensor_outputs
 
 __all__ = [
-    'MatMul', 'QUANTIZERS', 'QuantConv', 'all_gather_caches', 'QuantLinear',
-    'QuantMatMul', 'QuantState', 'calibrate', 'calibrate_on_dataset',
-    'file_sha256', 'load_quant_file', 'load_quant_params', 'quant_bits',
-    'quant_state_dict', 'quantize_model', 'read_quant_params',
-    'restore_model', 'save_quant_params', 'search_layer',
+    'LayerSensitivity', 'MatMul', 'QUANTIZERS', 'QuantConv',
+    'QuantLinear', 'QuantMatMul', 'QuantState', 'all_gather_caches',
+    'calibrate', 'calibrate_on_dataset', 'file_sha256', 'layer_errors',
+    'load_quant_file', 'load_quant_params', 'quant_bits', 'quant_state_dict',
+    'quantize_model', 'read_quant_params',
+    'restore_model', 'save_quant_params', 'search_layer', 'tensor_outputs',
     'validate_quant_cfg', 'weights_sha256'
 ]

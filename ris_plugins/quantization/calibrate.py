@@ -241,6 +241,14 @@ def _init_layer(layer: nn.Module, kind: str, inputs: List[Tensor]) -> None:
         q.enabled = True
 
 
+def calibration_indices(size: int, steps: int, seed: int = 0) -> List[int]:
+    """The dataset indices :func:`calibrate_on_dataset` calibrates on: the
+    first ``steps`` of a permutation of ``range(size)`` seeded by ``seed``
+    (``torch.randperm`` with a ``torch.Generator``)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(size, generator=gen)[:steps].tolist()
+
+
 def calibrate_on_dataset(state: QuantState, model: nn.Module, dataset,
                          steps: int = 32, seed: int = 0, max_rows: int = 256,
                          search: Optional[dict] = None,
@@ -268,8 +276,7 @@ def calibrate_on_dataset(state: QuantState, model: nn.Module, dataset,
         raise ValueError(f'the calibration set ({type(dataset).__name__}) '
                          f'has {len(dataset)} samples, fewer than '
                          f'calibrate_steps={steps}')
-    gen = torch.Generator().manual_seed(seed)
-    indices = torch.randperm(len(dataset), generator=gen)[:steps].tolist()
+    indices = calibration_indices(len(dataset), steps, seed)
     rank, world = get_dist_info()
 
     def run_sample(pos: int) -> None:

@@ -2,7 +2,8 @@
 
 Calibrates the model with a quantization method and bit setting, then
 turns on one layer's quantizers at a time and measures how far the
-model's logits move from FP on the calibration samples:
+model's logits move from FP on the calibration samples
+(:func:`ris_plugins.quantization.sensitivity.layer_errors`):
 ``rel_err = ||y_q - y_fp||^2 / ||y_fp||^2``.  Writes a Markdown table
 (sorted, worst first) and a bar plot; the worst layers are the ones to
 keep at 8 bits or FP with a ``rules`` entry when W4A4 falls apart.
@@ -18,7 +19,6 @@ import os
 import os.path as osp
 
 import matplotlib
-import torch
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.runner import load_checkpoint
@@ -26,38 +26,13 @@ from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
 from ptq_accuracy import calib_dataset, method_hook
-from ris_plugins.quantization import calibrate_on_dataset, quantize_model
+from ris_plugins.quantization import (calibrate_on_dataset, layer_errors,
+                                      quantize_model, tensor_outputs)
+from ris_plugins.quantization.calibrate import calibration_indices
 from ris_plugins.quantization.settings import parse_bits
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
-
-
-def layer_errors(model, state, batches) -> list:
-    """[(layer, quantizer types, rel_err)] with one layer quantized at a
-    time (its weight and input quantizers together)."""
-    quantizers = [q for _, q in state.quantizers()]
-
-    def logits():
-        with torch.no_grad():
-            return torch.cat([model(**b, mode='tensor') for b in batches])
-
-    for q in quantizers:
-        q.enabled = False
-    ref = logits()
-    rows = []
-    for name, layer in state.layers.items():
-        for q in layer.quantizers().values():
-            q.enabled = True
-        err = ((logits() - ref).square().sum() / ref.square().sum()).item()
-        kinds = ', '.join(f'{c[0]}:{type(q).__name__}{q.bits}'
-                          for c, q in layer.quantizers().items())
-        rows.append((name, kinds, err))
-        for q in layer.quantizers().values():
-            q.enabled = False
-    for q in quantizers:
-        q.enabled = True
-    return sorted(rows, key=lambda r: -r[2])
 
 
 def main():
@@ -81,8 +56,8 @@ def main():
     calibrate_on_dataset(state, model, dataset, args.samples,
                          search=hook.get('search'))
     batches = [model.data_preprocessor(pseudo_collate([dataset[i]]), False)
-               for i in range(args.samples)]
-    rows = layer_errors(model, state, batches)
+               for i in calibration_indices(len(dataset), args.samples)]
+    rows = layer_errors(state, tensor_outputs(model, batches))
     os.makedirs(args.out, exist_ok=True)
     title = f'{osp.basename(args.config)} {args.method} {args.bits.upper()}'
     with open(osp.join(args.out, 'sensitivity.md'), 'w') as f:
