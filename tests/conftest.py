@@ -14,16 +14,19 @@ the quantization test config (``qcfg``, ``batch``, ``run``,
 ``sample``).
 Test modules import helpers from here, never from each other.
 """
+import copy
 import importlib.util
 import os
 import os.path as osp
 import subprocess
 import sys
 import zlib
+from typing import Callable, Dict, List, Tuple
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
@@ -648,3 +651,183 @@ def assert_gradient_matches_finite_difference(loss_fn, params, eps=1e-6,
     fd = float(up - down) / (2 * eps)
     assert abs(fd - float(norm)) <= rtol * float(norm) + 1e-9, (
         fd, float(norm))
+
+
+# ------------------------------------ speed switches (use_sdpa, with_cp)
+# Each switch test runs a module and a deep copy with the switch on (same
+# weights: ``switched`` / ``with_cp_copy``) and compares outputs, input and
+# parameter gradients to float32 rounding (``assert_close``); a spy on
+# F.scaled_dot_product_attention (``SDPASpy``) or on our checkpoint
+# (``checkpoint_calls``) proves which path ran, so a switch that does
+# nothing fails.
+def padded_mask(batch: int = 2, length: int = 6) -> torch.Tensor:
+    """(B, T) bool, True at padding: sample 0 has 3 real words, 3 pads;
+    sample 1 has none."""
+    mask = torch.zeros(batch, length, dtype=torch.bool)
+    mask[0, 3:] = True
+    return mask
+
+
+def leaf(*shape, seed: int) -> torch.Tensor:
+    """A seeded standard-normal tensor of ``shape`` that requires grad."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).requires_grad_()
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5):
+    """Max abs difference <= tol * (1 + max |a|) (float32 rounding)."""
+    scale = 1 + a.abs().max().item()
+    err = (a - b).abs().max().item()
+    assert err <= tol * scale, (err, scale)
+
+
+class SDPASpy:
+    """Counts calls of ``F.scaled_dot_product_attention`` (also those torch's
+    ``F.multi_head_attention_forward`` makes: it looks the name up in the
+    same module)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        original = F.scaled_dot_product_attention
+
+        def spy(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(F, 'scaled_dot_product_attention', spy)
+
+
+Result = Tuple[List[torch.Tensor], Dict[str, torch.Tensor]]
+
+
+def forward_backward(module: nn.Module, make_inputs: Callable[[], Tuple],
+                     forward: Callable) -> Result:
+    """Forward fresh leaf inputs, backward a fixed function of the outputs;
+    returns outputs + input grads, and {parameter name: grad}."""
+    module.zero_grad()
+    inputs = make_inputs()
+    outs = forward(module, *inputs)
+    loss = sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() +
+               o.square().mean() for o in outs)
+    loss.backward()
+    tensors = [o.detach() for o in outs]
+    tensors += [x.grad for x in inputs if isinstance(x, torch.Tensor)
+                and x.requires_grad]
+    grads = {n: p.grad.clone() for n, p in module.named_parameters()
+             if p.grad is not None}
+    return tensors, grads
+
+
+def assert_same_run(ref: Result, got: Result) -> None:
+    """Two ``forward_backward`` results agree (``assert_close``): outputs,
+    input grads (None on both sides for unused inputs) and the gradients
+    of the same, non-empty set of parameters."""
+    (outs_a, grads_a), (outs_b, grads_b) = ref, got
+    assert len(outs_a) == len(outs_b)
+    for a, b in zip(outs_a, outs_b):
+        if a is None or b is None:  # an input the module does not use
+            assert a is None and b is None
+            continue
+        assert_close(a, b)
+    assert grads_a, 'no parameter received a gradient'
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert_close(grads_a[name], grads_b[name])
+
+
+def switched(module: nn.Module) -> nn.Module:
+    """A deep copy with every ``use_sdpa`` flag in it set to True."""
+    other = copy.deepcopy(module)
+    flags = [m for m in other.modules() if hasattr(m, 'use_sdpa')]
+    assert flags, 'no use_sdpa switch in the module'
+    for m in flags:
+        m.use_sdpa = True
+    return other
+
+
+def compare(module: nn.Module, make_inputs, forward, monkeypatch,
+            sdpa_calls: int, explicit_calls: int = 0):
+    """Explicit (switch off) vs SDPA (on): same outputs, input and
+    parameter gradients; the spy sees ``explicit_calls`` then
+    ``sdpa_calls`` SDPA calls."""
+    spy = SDPASpy(monkeypatch)
+    ref = forward_backward(module, make_inputs, forward)
+    assert spy.calls == explicit_calls
+    got = forward_backward(switched(module), make_inputs, forward)
+    assert spy.calls - explicit_calls == sdpa_calls
+    assert_same_run(ref, got)
+
+
+def step(module: nn.Module, inputs: Callable[[], Tuple],
+         forward: Callable, seed: int = 0) -> Result:
+    """Seeded training forward on fresh leaf inputs and backward of a fixed
+    function of the output; returns [output, input grads...] and
+    {parameter name: grad}."""
+    module.train().zero_grad()
+    args = inputs()
+    torch.manual_seed(seed)
+    out = forward(module, *args)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    tensors = [out.detach()] + [
+        a.grad for a in args if isinstance(a, torch.Tensor) and a.requires_grad
+    ]
+    grads = {n: p.grad.clone() for n, p in module.named_parameters()
+             if p.grad is not None}
+    return tensors, grads
+
+
+def assert_same_step(ref: Result, got: Result) -> None:
+    """Two ``step`` results agree (``assert_close``): output, at least one
+    input grad, and the gradients of the same, non-empty parameter set."""
+    (outs_a, grads_a), (outs_b, grads_b) = ref, got
+    assert len(outs_a) == len(outs_b) > 1
+    for a, b in zip(outs_a, outs_b):
+        assert_close(a, b)
+    assert grads_a and grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert_close(grads_a[name], grads_b[name])
+
+
+def with_cp_copy(module: nn.Module) -> nn.Module:
+    """A deep copy (same weights and buffers) with every ``with_cp`` flag
+    in it set."""
+    other = copy.deepcopy(module)
+    flags = [m for m in other.modules() if hasattr(m, 'with_cp')]
+    assert flags, 'no with_cp switch in the module'
+    for m in flags:
+        m.with_cp = True
+    return other
+
+
+@pytest.fixture
+def checkpoint_calls(monkeypatch) -> List[int]:
+    """Counts the checkpoints our ``maybe_checkpoint`` starts."""
+    from ris_plugins.models.utils import checkpoint as ckpt
+    calls = []
+    original = ckpt.checkpoint
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, 'checkpoint', spy)
+    return calls
+
+
+def saved_bytes(module: nn.Module, inputs: Callable[[], Tuple],
+                forward: Callable) -> int:
+    """Bytes of the non-parameter tensors autograd keeps for backward in one
+    training forward (a non-reentrant checkpoint keeps only its inputs;
+    what it packs is not seen by this outer hook)."""
+    total = [0]
+
+    def pack(t):
+        if not isinstance(t, nn.Parameter):
+            total[0] += t.numel() * t.element_size()
+        return t
+
+    args = inputs()
+    module.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward(module, *args)
+    return total[0]

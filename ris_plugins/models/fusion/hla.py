@@ -102,7 +102,7 @@ class HLABlock(BaseModule):
             the explicit path's uniform average over the visual tokens;
             with at least one real word per sentence the outputs and
             gradients equal the explicit path's to float rounding
-            (``tests/test_models/test_sdpa_switches.py``). The
+            (``tests/test_models/test_fusion/test_hla.py``). The
             cross-attention replacement is ``nn.MultiheadAttention``
             called with ``need_weights=False``, already SDPA in torch.
             No quantization adapter exists for this block (its products

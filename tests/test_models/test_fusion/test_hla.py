@@ -7,11 +7,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmseg.registry import MODELS
+from ris_plugins.models.fusion.hierarchical_fusion import HierarchicalHLA
 from ris_plugins.models.fusion.hla import HLABlock
 
-from ...conftest import text_feats
+from ...conftest import (assert_close, compare, leaf, padded_mask,
+                         text_feats)
 
-C_W, C_S, D = 24, 20, 16  # word, sentence, HLA widths
+C_V, C_W, C_S, D = 12, 24, 20, 16  # visual, word, sentence, HLA widths
 
 
 def hla(**kw) -> HLABlock:
@@ -127,3 +130,85 @@ def test_hla_ablation_structure():
     with pytest.raises(ValueError, match='widths'):
         hla()(torch.randn(1, 8, 2, 2), text.word_feats[:1],
               text.pad_mask[:1], text.sent_feat[:1])
+
+
+# ------------------------------------------------- use_sdpa switch
+# (moved from tests/test_models/test_sdpa_switches.py)
+def hla_inputs():
+    return (leaf(2, C_V, 3, 5, seed=1), leaf(2, 6, C_W, seed=2),
+            padded_mask(), leaf(2, C_S, seed=3))
+
+
+def hla_forward(module, visual, words, pad_mask, sent):
+    return module(visual, words, pad_mask, sent)
+
+
+# kwargs -> SDPA calls (VWA 1, LWA 1, feedback 1 unless the gate reuses
+# the first LWA).
+HLA_CASES = {
+    'default': (dict(), 3),
+    'visual_gate': (dict(feedback_mode='gate'), 3),
+    'attention_add': (dict(feedback_at='attention'), 3),
+    'attention_gate': (dict(feedback_at='attention', feedback_mode='gate'),
+                       2),
+    'no_feedback': (dict(use_feedback=False), 2),
+    'no_vw': (dict(use_vw=False), 2),
+    'no_lw': (dict(use_lw=False), 1),
+}
+
+
+@pytest.mark.parametrize('case', sorted(HLA_CASES))
+def test_hla_sdpa_equals_explicit(case, monkeypatch):
+    kwargs, calls = HLA_CASES[case]
+    torch.manual_seed(0)
+    module = HLABlock(C_V, C_W, C_S, D, **kwargs)
+    assert module.use_sdpa is False  # explicit products by default
+    compare(module, hla_inputs, hla_forward, monkeypatch, sdpa_calls=calls)
+
+
+def test_hla_sdpa_padded_words_get_the_explicit_uniform_average():
+    """VWA rows of padded words: the explicit path's -1e4 row is a uniform
+    average over the visual tokens; the SDPA path must give the same (a
+    plain SDPA without zeroing their query would not)."""
+    torch.manual_seed(0)
+    module = HLABlock(C_V, C_W, C_S, D, use_feedback=False, use_lw=False)
+    visual, words, pad_mask, sent = hla_inputs()
+    with torch.no_grad():
+        ref = module(visual, words, pad_mask, sent)[1]
+        module.use_sdpa = True
+        got = module(visual, words, pad_mask, sent)[1]
+        v = module.v_proj(visual).flatten(2).transpose(1, 2)  # (B, N, D)
+        w = module.w_proj(words)
+        mean = module.w_norm(w[0, 3:] +
+                             module.vw_out(module.vw_value(v[0]).mean(0)))
+    assert_close(ref[0, 3:], mean)  # the explicit path's pads: the mean
+    assert_close(got, ref)
+
+
+def test_hla_sdpa_switch_from_config_and_under_bf16(monkeypatch):
+    """``hla_cfg=dict(use_sdpa=True)`` reaches every block; under CPU bf16
+    autocast the fused path runs in bf16 and stays near float32."""
+    cfg = dict(type='HierarchicalHLA', in_channels=[C_V, C_V],
+               text_channels=C_W, sent_channels=C_S, embed_dims=D,
+               hla_cfg=dict(use_sdpa=True))
+    torch.manual_seed(0)
+    fusion = MODELS.build(cfg)
+    assert isinstance(fusion, HierarchicalHLA)
+    assert all(b.use_sdpa for b in fusion.blocks)
+    visual, words, pad_mask, sent = hla_inputs()
+    dtypes = []
+    original = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        dtypes.append(args[0].dtype)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', spy)
+    block = fusion.blocks[0].eval()
+    with torch.no_grad():
+        ref = block(visual, words, pad_mask, sent)[0]
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = block(visual, words, pad_mask, sent)[0]
+    assert dtypes == [torch.float32] * 3 + [torch.bfloat16] * 3
+    # bf16 (unit roundoff 2^-8) through 3 attentions and layer norms.
+    assert_close(ref, low.float(), tol=5e-2)

@@ -93,3 +93,13 @@ def test_cris_head_dice_scores_the_object_channel():
     perfect = torch.where(gt.bool(), 20.0, -20.0)[:, None]  # (1, 1, 8, 8)
     assert head.loss_by_feat(perfect, [ds])['loss_dice'] < 0.01
     assert head.loss_by_feat(-perfect, [ds])['loss_dice'] > 0.99
+
+
+# -------------------------------------------------- with_cp switch
+# (moved from tests/test_models/test_head_checkpointing.py)
+def test_cris_head_with_cp_from_config():
+    head = MODELS.build(
+        dict(type='CRISHead', in_channels=16, channels=8, sent_channels=20,
+             text_channels=24, num_layers=2, num_heads=2, ffn_channels=32,
+             num_classes=2, out_channels=1, with_cp=True))
+    assert head.decoder.with_cp is True

@@ -9,10 +9,13 @@ from mmengine.structures import PixelData
 
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from ris_plugins.utils.synthetic import input_size, tokenize
 
-from ...conftest import (EOT, ROOT, SOT, TINY_SAM,
+from ...conftest import (EOT, ROOT, SOT, TINY_SAM, SDPASpy,
                          assert_gradient_matches_finite_difference,
-                         run_samples, summed_loss)
+                         assert_same_run)
+from ...conftest import forward_backward as run
+from ...conftest import run_samples, summed_loss, switched
 
 DEMO_CFG = osp.join(ROOT, 'configs', 'demo',
                     'haris-small_tiny-sam-clip_1xb16-2k_refshapes-160x160.py')
@@ -149,3 +152,43 @@ def test_decoder_replaced_gives_every_trainable_parameter_a_gradient():
     unused = [n for n, p in model.named_parameters()
               if p.requires_grad and p.grad is None]
     assert not unused, unused
+
+
+# ------------------------------------------------- use_sdpa switch
+# (moved from tests/test_models/test_sdpa_switches.py)
+HARIS_DEMO = DEMO_CFG
+
+
+def test_haris_demo_model_with_all_sdpa_switches(monkeypatch):
+    """The HARIS demo model with SDPA in its HLA blocks and query decoder
+    (config keys ``model.fusion.hla_cfg.use_sdpa`` and
+    ``model.decode_head.use_sdpa``) gives the default model's logits and
+    trainable gradients (eval mode: dropout and BN statistics fixed)."""
+    cfg = Config.fromfile(HARIS_DEMO)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).eval()
+    cfg.merge_from_dict({'model.fusion.hla_cfg.use_sdpa': True,
+                         'model.decode_head.use_sdpa': True})
+    built = MODELS.build(cfg.model)
+    assert all(b.use_sdpa for b in built.fusion.blocks)
+    assert built.decode_head.use_sdpa
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn(2, 3, *input_size(cfg), generator=g)
+    texts = [tokenize(cfg, s) for s in ('the red circle',
+                                        'the big blue square on the left')]
+    tokens = torch.stack([t['text_tokens'] for t in texts])  # (2, L)
+    mask = torch.stack([t['text_mask'] for t in texts])
+    assert mask[0].sum() < mask[1].sum() < mask.shape[1]  # padded words
+    spy = SDPASpy(monkeypatch)
+
+    def forward(m, img):
+        return [m(img, tokens, mask)]
+
+    ref = run(model, lambda: (img, ), forward)
+    calls = spy.calls
+    got = run(switched(model), lambda: (img, ), forward)
+    # 3 per HLA block (VWA, LWA, feedback) + 2 per decoder layer more
+    # than the default (whose own calls are the CLIP text encoder's)
+    extra = 3 * len(model.fusion.blocks) + 2 * len(model.decode_head.layers)
+    assert spy.calls - 2 * calls == extra == 3 * 3 + 2 * 1
+    assert_same_run(ref, got)
