@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mmseg.registry import MODELS
-from ris_plugins.models import (BertTextEncoder, LAVTHead, MultiModalSwin)
+from ris_plugins.models import (BertTextEncoder, LAVTHead, MultiModalSwin,
+                                TextFeatures)
 
 from ...conftest import TINY_SWIN, text
 
@@ -15,6 +16,21 @@ def test_multimodal_swin_outputs():
     assert [tuple(o.shape) for o in outs] == [(2, 16, 16, 16),
                                              (2, 32, 8, 8), (2, 64, 4, 4),
                                              (2, 128, 2, 2)]
+    # Values: the PWAMs read the real words only. Changing the padded
+    # words' features (last 2 positions) leaves every stage unchanged;
+    # changing one real word changes every stage's output.
+    torch.manual_seed(0)
+    img, t = torch.randn(2, 3, 64, 64), text()
+    padded, real = t.word_feats.clone(), t.word_feats.clone()
+    padded[:, -2:] = torch.randn(2, 2, 32) * 10
+    real[:, 1] += 1.0
+    with torch.no_grad():
+        ref = swin(img, t)
+        same = swin(img, TextFeatures(padded, t.sent_feat, t.pad_mask))
+        other = swin(img, TextFeatures(real, t.sent_feat, t.pad_mask))
+    for r, s, o in zip(ref, same, other):
+        torch.testing.assert_close(s, r)
+        assert (o - r).abs().max() > 1e-4
     with pytest.raises(ValueError, match='one per stage'):
         MultiModalSwin(pwam_heads=(1, 1), **TINY_SWIN)
 

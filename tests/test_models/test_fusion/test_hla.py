@@ -49,6 +49,30 @@ def test_hla_shapes():
     assert out_v.shape == (2, D, 3, 4) and out_w.shape == (2, 5, D)
 
 
+def test_hla_default_block_masks_pads_and_is_permutation_equivariant():
+    """The default block (feedback added to the visual tokens): padded
+    words change no output but their own rows; the visual tokens carry no
+    position, so permuting them permutes the visual output and leaves the
+    words' output unchanged (VWA sums over all tokens)."""
+    block = hla()
+    torch.manual_seed(1)
+    visual, text = torch.randn(2, 12, 3, 4), text_feats(pad=(2, 0))
+    args = (text.pad_mask, text.sent_feat)
+    with torch.no_grad():
+        out_v, out_w = block(visual, text.word_feats, *args)
+        words = text.word_feats.clone()
+        words[0, -2:] = 100.0  # the padded positions of sample 0
+        pad_v, pad_w = block(visual, words, *args)
+        perm = torch.randperm(12)
+        shuffled = visual.flatten(2)[..., perm].view_as(visual)
+        perm_v, perm_w = block(shuffled, text.word_feats, *args)
+    torch.testing.assert_close(pad_v, out_v)
+    torch.testing.assert_close(pad_w[0, :3], out_w[0, :3])
+    torch.testing.assert_close(pad_w[1], out_w[1])
+    torch.testing.assert_close(perm_v.flatten(2), out_v.flatten(2)[..., perm])
+    torch.testing.assert_close(perm_w, out_w)
+
+
 def test_hla_without_feedback_is_explicit_bidirectional_attention():
     block = hla(use_feedback=False)
     visual, text = torch.randn(2, 12, 3, 4), text_feats()
