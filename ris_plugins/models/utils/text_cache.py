@@ -20,8 +20,12 @@ class TextFeatureCache:
     alone (batch 1), so its features never depend on the rest of its batch
     and a resumed run looks up the same values as the uninterrupted one;
     they equal the batched encoder's to float rounding (about 1e-7
-    relative). The cache keeps at most ``max_entries`` sentences, dropping
-    the least recently used.
+    relative). It encodes in float32 even inside autocast (mixed-precision
+    training, e.g. ``CPUAmpOptimWrapper``): each sentence is encoded once,
+    so this costs nothing, and training then reads the same sentence
+    features as float32 evaluation (bfloat16 text features blurred the
+    one-word differences between RefShapes sentences). The cache keeps at
+    most ``max_entries`` sentences, dropping the least recently used.
 
     Used by :class:`RefSegmentor` (``text_cache_size``) while training; it
     is cleared whenever the model changes mode or loads a state dict, so
@@ -66,10 +70,14 @@ class TextFeatureCache:
         """
         keys = [self._key(t, m) for t, m in zip(tokens, mask)]
         missing = [i for i, k in enumerate(keys) if k not in self._entries]
-        for i in missing:  # alone, so a row never depends on its batch
-            if keys[i] not in self._entries:  # a repeat in this batch
-                fresh = encode(tokens[i:i + 1], mask[i:i + 1])
-                self._store(keys[i], tuple(f[0].detach() for f in fresh))
+        # float32 even inside autocast: once per sentence, so it costs
+        # nothing, and training reads the features evaluation reads
+        with torch.autocast(tokens.device.type, enabled=False):
+            for i in missing:  # alone: a row never depends on its batch
+                if keys[i] not in self._entries:  # a repeat in this batch
+                    fresh = encode(tokens[i:i + 1], mask[i:i + 1])
+                    self._store(keys[i],
+                                tuple(f[0].detach() for f in fresh))
         rows: List[Entry] = []
         for k in keys:
             self._entries.move_to_end(k)

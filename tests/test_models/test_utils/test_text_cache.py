@@ -127,3 +127,18 @@ def test_a_trainable_or_missing_text_encoder_cannot_be_cached():
         tiny_model(text_cache_size=8)  # TINY_BERT trains
     with pytest.raises(ValueError, match='max_entries must be >= 1'):
         TextFeatureCache(0)
+
+
+def test_cached_features_are_float32_inside_autocast():
+    model = tiny_model(text_encoder=FROZEN_BERT, text_cache_size=16)
+    model.train()
+    tokens, mask = batch(0)
+    want = model.text_encoder(tokens, mask)  # float32, outside autocast
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        # an encoder run under autocast computes its products in bfloat16
+        blurred = model.text_encoder(tokens, mask).word_feats.float()
+        got = model.encode_text(tokens, mask)
+    assert (blurred - want.word_feats).abs().max() > 1e-5
+    assert got.word_feats.dtype == torch.float32
+    torch.testing.assert_close(got.word_feats, want.word_feats,
+                               rtol=1e-6, atol=1e-6)
