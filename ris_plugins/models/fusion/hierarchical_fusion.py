@@ -1,6 +1,6 @@
 """HARIS's hierarchical fusion: one HLA block per visual level, each
 block's output injected into the next level's input."""
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -39,8 +39,11 @@ class HierarchicalHLA(BaseModule):
       of W; the head gets the last level's.
 
     Either way every block's parameters reach the loss (no unused
-    parameters under DDP). The head receives ``(M_n (B, D, h_n, w_n),
-    TextFeatures(words (B, T, D), sentence (B, C_s) unchanged,
+    parameters under DDP) as long as the head reads the words; for a head
+    that does not (``QueryMaskHead(decoder_replaced=True)``, HARIS's
+    "decoder replaced" ablation) :class:`RefSegmentor` calls
+    :meth:`drop_unread_words` at build. The head receives ``(M_n (B, D,
+    h_n, w_n), TextFeatures(words (B, T, D), sentence (B, C_s) unchanged,
     pad_mask))``, the interface :class:`CRISHead` and
     :class:`QueryMaskHead` read.
 
@@ -119,6 +122,33 @@ class HierarchicalHLA(BaseModule):
     def out_channels(self) -> int:
         """D, width of the fused map and of the words handed on."""
         return self.embed_dims
+
+    def drop_unread_words(self) -> List[int]:
+        """For a head that does not read the fused words: remove the VWA
+        (:meth:`HLABlock.drop_word_attention`) of every block whose
+        vision-aware words nothing reads, i.e. all blocks with
+        ``word_flow='mean'`` and the last one with ``'chain'`` (the others
+        feed the next level).
+
+        Without it those parameters train but never get a gradient, which
+        stops DDP without ``find_unused_parameters`` at the first step.
+        ``M_n`` is unchanged; the words handed on become the projected
+        words (mean over levels with ``'mean'``). The blocks' ``vw_value``
+        / ``vw_out`` / ``w_norm`` keys leave the state dict.
+
+        Returns:
+            list[int]: Indices of the blocks whose VWA was removed.
+
+        Raises:
+            ValueError: Blocks built with ``use_lw=False`` (see
+                :meth:`HLABlock.drop_word_attention`).
+        """
+        unread = (range(len(self.blocks)) if self.word_flow == 'mean' else
+                  [len(self.blocks) - 1])
+        dropped = [i for i in unread if self.blocks[i].use_vw]
+        for i in dropped:
+            self.blocks[i].drop_word_attention()
+        return dropped
 
     def forward(self, visual: Sequence[Tensor], text: TextFeatures
                 ) -> Tuple[Tuple[Tensor], TextFeatures]:

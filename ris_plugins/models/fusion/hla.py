@@ -181,6 +181,32 @@ class HLABlock(BaseModule):
         """D, width of both outputs."""
         return self.embed_dims
 
+    def drop_word_attention(self) -> None:
+        """Remove VWA (``vw_value``, ``vw_out``, ``w_norm``) from a block
+        whose vision-aware words nothing reads.
+
+        The visual output is unchanged (VWA only produces the words); the
+        word output becomes the projected words w, as with
+        ``use_vw=False``. Their keys leave the state dict. A no-op on a
+        block without VWA.
+
+        Raises:
+            ValueError: The block has no LWA (``use_lw=False``): its words
+                were its only text path, so without them nothing of the
+                sentence would reach the output.
+        """
+        if not self.use_vw:
+            return
+        if not self.use_lw:
+            raise ValueError(
+                'HLABlock(use_lw=False) reads the text only through its '
+                'vision-aware words; with nothing reading them (e.g. '
+                'QueryMaskHead(decoder_replaced=True)) the model would '
+                'ignore the sentence. Valid: use_lw=True, or a head that '
+                'reads the words')
+        self.use_vw = False
+        del self.vw_value, self.vw_out, self.w_norm
+
     def _check(self, visual: Tensor, words: Tensor, sent: Tensor) -> None:
         got = (visual.shape[1], words.shape[-1], sent.shape[-1])
         want = (self.visual_channels, self.text_channels, self.sent_channels)

@@ -25,7 +25,10 @@ class BaseRefDecodeHead(BaseDecodeHead):
     fusion / neck and the :class:`TextFeatures` to logits (B, 1, h, w);
     ``loss`` / ``predict`` take the text as their last argument.
     :class:`RefSegmentor` passes it to every head whose ``text_input`` is
-    ``'features'``, as this class sets.
+    ``'features'``, as this class sets. ``reads_words`` (True here) says
+    whether the head reads ``TextFeatures.word_feats``; a head that does
+    not sets it False and the segmentor drops the fusion's word-only
+    branch (see :meth:`RefSegmentor._drop_unread_fusion_words`).
 
     Loss (:meth:`loss_by_feat`): every ``loss_decode`` entry is summed per
     ``loss_name``; mmseg's ``DiceLoss`` receives the label as (B, 1, H, W)
@@ -53,6 +56,7 @@ class BaseRefDecodeHead(BaseDecodeHead):
     """
 
     text_input = 'features'
+    reads_words = True
 
     def __init__(self, in_channels, channels: int, loss_at: str = 'logits',
                  **kwargs) -> None:

@@ -47,7 +47,8 @@ class QueryMaskHead(BaseRefDecodeHead):
 
     ``decoder_replaced=True`` (ablation "decoder replaced"): a plain conv
     head, the same two upsampling blocks then a 1x1 conv to one logit; the
-    words are not used.
+    words are not used (``reads_words`` is False, so :class:`RefSegmentor`
+    drops the fusion's branch that only computes them).
 
     Loss: :class:`BaseRefDecodeHead`'s sum over ``loss_decode``; default
     ``BinaryFocalLoss`` (alpha 0.25, gamma 2) x 20 + ``DiceLoss`` x 1,
@@ -112,6 +113,7 @@ class QueryMaskHead(BaseRefDecodeHead):
         ])
         super().__init__(in_channels, channels, loss_at=loss_at, **kwargs)
         self.decoder_replaced = decoder_replaced
+        self.reads_words = not decoder_replaced
         self.use_sdpa = use_sdpa
         self.upsample = nn.Sequential(
             ConvModule(in_channels, channels, 3, padding=1,

@@ -140,6 +140,7 @@ class RefSegmentor(BaseSegmentor):
         if neck is not None:
             self.neck = MODELS.build(neck)
         self.decode_head = MODELS.build(decode_head)
+        self._drop_unread_fusion_words()
         self._check_widths()
         self.align_corners = self.decode_head.align_corners
         self.num_classes = self.decode_head.num_classes
@@ -205,6 +206,27 @@ class RefSegmentor(BaseSegmentor):
             return 'backbone.text', getattr(self.backbone, 'text',
                                             self.backbone)
         return 'text_encoder', self.text_encoder
+
+    def _drop_unread_fusion_words(self) -> None:
+        """When nothing after the fusion reads its words (the neck reads no
+        text, and the head reads none or has ``reads_words`` False, e.g.
+        ``QueryMaskHead(decoder_replaced=True)``), let the fusion remove
+        the branch that only computes them (``drop_unread_words``, e.g.
+        :meth:`HierarchicalHLA.drop_unread_words`), so that every
+        trainable parameter gets a gradient (DDP without
+        ``find_unused_parameters``). Outputs are unchanged."""
+        drop = getattr(self.fusion, 'drop_unread_words', None)
+        head_reads = (reads_text(self.decode_head)
+                      and getattr(self.decode_head, 'reads_words', True))
+        if drop is None or head_reads or reads_text(getattr(
+                self, 'neck', None)):
+            return
+        dropped = drop()
+        if dropped:
+            print_log(
+                f'RefSegmentor: {type(self.decode_head).__name__} does not '
+                f'read the fused words; removed the word-only branch of '
+                f'fusion blocks {dropped}', logger='current')
 
     def _check_widths(self) -> None:
         """Build-time width checks along fusion -> neck -> decode head (see

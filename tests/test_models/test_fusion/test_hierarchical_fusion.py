@@ -42,3 +42,36 @@ def test_hierarchical_shapes_injection_and_flags():
         fusion(levels[:2], text)
     with pytest.raises(ValueError, match='odd'):
         HierarchicalHLA([12], C_W, C_S, D, kernel_size=2)
+
+
+@pytest.mark.parametrize('flow, dropped', [('mean', [0, 1, 2]),
+                                           ('chain', [2])])
+def test_drop_unread_words_keeps_the_visual_output(flow, dropped):
+    """``drop_unread_words`` (a head that reads no words) removes the VWA
+    of the blocks whose words nothing reads; the fused map M_n is
+    unchanged and the words handed on are the projected words."""
+    torch.manual_seed(0)
+    levels = [torch.randn(2, 12, 8, 8), torch.randn(2, 10, 8, 8),
+              torch.randn(2, 6, 8, 8)]
+    text = text_feats()
+    fusion = HierarchicalHLA([12, 10, 6], C_W, C_S, D,
+                             word_flow=flow).eval()
+    seen = {}  # block index -> the words it reads
+    for i, block in enumerate(fusion.blocks):
+        block.register_forward_pre_hook(
+            lambda m, args, i=i: seen.__setitem__(i, args[1]))
+    with torch.no_grad():
+        (ref, ), ref_text = fusion(levels, text)
+        keys = set(fusion.state_dict())
+        assert fusion.drop_unread_words() == dropped
+        assert fusion.drop_unread_words() == []  # idempotent
+        (x, ), out_text = fusion(levels, text)
+        removed = keys - set(fusion.state_dict())
+        assert removed == {f'blocks.{i}.{m}.{p}' for i in dropped
+                           for m in ('vw_value', 'vw_out', 'w_norm')
+                           for p in ('weight', 'bias')}
+        torch.testing.assert_close(x, ref)
+        projected = [fusion.blocks[i].w_proj(seen[i]) for i in dropped]
+        torch.testing.assert_close(out_text.word_feats,
+                                   torch.stack(projected).mean(0))
+        assert (out_text.word_feats - ref_text.word_feats).abs().max() > 1e-3

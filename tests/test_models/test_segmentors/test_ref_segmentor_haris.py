@@ -58,7 +58,7 @@ def tiny_haris(**flags):
     cfg.decode_head.update(in_channels=D, channels=8, num_heads=2,
                            ffn_channels=32)
     for key, value in flags.items():
-        if key in ('use_hierarchy', 'kernel_size', 'stride'):
+        if key in ('use_hierarchy', 'kernel_size', 'stride', 'word_flow'):
             cfg.fusion[key] = value
         elif key == 'decoder_replaced':
             cfg.decode_head[key] = value
@@ -123,8 +123,7 @@ def test_each_ablation_builds_trains_and_predicts(flags):
                for p in head)
     unused = [n for n, p in model.named_parameters()
               if p.requires_grad and p.grad is None]
-    if not flags.get('decoder_replaced'):  # see the xfail test below
-        assert not unused
+    assert not unused, unused
     # Every head parameter is used (autograd.grad raises otherwise) and
     # the head's gradient agrees with a finite difference (float64).
     model.double()
@@ -138,20 +137,44 @@ def test_each_ablation_builds_trains_and_predicts(flags):
     assert pred[0].pred_sem_seg.data.shape == (1, 32, 32)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'known issue: with decoder_replaced the query head no longer reads the '
-    'words, so the fusion word branch (vw_value, vw_out, w_norm of every '
-    'HLA block) is trainable but never gets a gradient; DDP training of '
-    'projects/haris/configs/haris-decoder-replaced_* without '
-    'find_unused_parameters=True would stop at the first step'))
-def test_decoder_replaced_gives_every_trainable_parameter_a_gradient():
-    model = tiny_haris(decoder_replaced=True)
+# flags -> HLA blocks that keep their VWA (the head reads no words; with
+# word_flow='chain' levels 1 and 2 feed the next level's words)
+DECODER_REPLACED = {
+    'mean': (dict(), []),
+    'chain': (dict(word_flow='chain'), [0, 1]),
+    'sdpa': (dict(use_sdpa=True), []),
+}
+
+
+@pytest.mark.parametrize('case', sorted(DECODER_REPLACED))
+def test_decoder_replaced_gives_every_trainable_parameter_a_gradient(case):
+    """With decoder_replaced the head reads no words: the fusion's
+    word-only branch (VWA of each block whose words nothing reads) is not
+    kept, so every trainable parameter gets a gradient (DDP without
+    find_unused_parameters)."""
+    flags, kept = DECODER_REPLACED[case]
+    model = tiny_haris(decoder_replaced=True, **flags)
     losses = run_samples(model, torch.randn(2, 3, 32, 32), clip_samples(2),
                          mode='loss')
     (losses['decode.loss_focal'] + losses['decode.loss_dice']).backward()
     unused = [n for n, p in model.named_parameters()
               if p.requires_grad and p.grad is None]
     assert not unused, unused
+    vwa = sorted({int(k.split('.')[2]) for k in model.state_dict()
+                  if k.startswith('fusion.blocks.') and '.vw_' in k})
+    assert vwa == kept
+    # The query head keeps the whole fusion.
+    full = tiny_haris(**flags).state_dict()
+    assert {k for k in full if '.vw_' in k or '.w_norm.' in k} == {
+        f'fusion.blocks.{i}.{m}.{p}' for i in range(3)
+        for m in ('vw_value', 'vw_out', 'w_norm') for p in ('weight', 'bias')}
+
+
+def test_decoder_replaced_without_lw_is_refused():
+    """Without LWA the blocks read the text only through their words;
+    with a head that reads no words the model would ignore the sentence."""
+    with pytest.raises(ValueError, match=r'use_lw=False.*decoder_replaced'):
+        tiny_haris(decoder_replaced=True, use_lw=False)
 
 
 # ------------------------------------------------- use_sdpa switch
