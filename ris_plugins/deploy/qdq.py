@@ -42,6 +42,10 @@ RORQ (banded)                          ``rorq='exact'``: the banded
                                        QDQ on the union of the bands' ranges
 =====================================  =====================================
 
+The word-embedding tables, which the simulation keeps FP, are stored as
+integers in the export (``export_qdq(embedding=...)``: int8 per row, or
+4-bit blocks for 4-bit weight settings; :mod:`.embedding`).
+
 The exact lowerings reproduce the simulation (see ``tests/test_deploy``);
 their Linear inputs are not a single QDQ pair, so those Linears run in
 float. With ``'int8'`` they become ordinary 8-bit QDQ and the Linear can
@@ -72,6 +76,7 @@ from ..quantization.quantizers import (RORQQuantizer,
                                        TwinUniformGELUQuantizer,
                                        TwinUniformSoftmaxQuantizer,
                                        UniformQuantizer)
+from .embedding import check_embedding_mode, embedding_export_mode
 
 LOWERINGS = ('exact', 'int8')
 #: ONNX Runtime op types that run integer arithmetic.
@@ -526,11 +531,29 @@ def kernel_counts(optimized_path: str) -> Dict[str, int]:
     return out
 
 
+def resolve_embedding(state: QuantState, embedding: str = 'auto',
+                      int4: bool = True) -> str:
+    """The embedding-table storage of a quantized export: 'auto' is
+    'int4' when ``int4`` and every quantized weight has <= 4 bits (W4A8,
+    W4A4), else 'int8'; other modes are returned as given.
+
+    Raises:
+        ValueError: an unknown mode, naming the valid options.
+    """
+    if check_embedding_mode(embedding) != 'auto':
+        return embedding
+    bits = [layer.w_quantizer.bits for layer in state.layers.values()
+            if getattr(layer, 'w_quantizer', None) is not None
+            and layer.w_quantizer.enabled]
+    return 'int4' if int4 and bits and max(bits) <= 4 else 'int8'
+
+
 def export_qdq(model: nn.Module, state: QuantState,
                inputs: Sequence[Tensor], path: str,
                range_inputs: Sequence[Sequence[Tensor]],
                drq: str = 'exact', rorq: str = 'exact',
-               output_qdq: bool = True, int4: bool = True) -> dict:
+               output_qdq: bool = True, int4: bool = True,
+               embedding: str = 'auto') -> dict:
     """Export the calibrated fake-quantized ``model`` as a QDQ ONNX file.
 
     Args:
@@ -541,21 +564,28 @@ def export_qdq(model: nn.Module, state: QuantState,
             (:func:`collect_output_ranges`; unused when not ``output_qdq``).
         drq, rorq, output_qdq, int4: see :func:`qdq_export_mode` and
             :func:`fold_weight_quantizers`.
+        embedding: storage of the word-embedding tables
+            (:mod:`.embedding`): 'auto' (default: int4 for <= 4-bit
+            weights, else int8, see :func:`resolve_embedding`), 'int8',
+            'int4' or 'float' (kept FP32 like the simulation).
 
     Returns:
         dict: ``folded`` (int8 / int4 weight counts), ``integer_capable``
         (Linear / Conv layers lowered to a fusable QDQ pattern),
-        ``linear_conv`` (quantized Linear / Conv layers).
+        ``linear_conv`` (quantized Linear / Conv layers), ``embeddings``
+        (``{table: 'int8' | 'int4 (block N)'}``, empty for 'float').
     """
     import onnx
     from .export import export_onnx
+    embedding = resolve_embedding(state, embedding, int4)
     ranges = (collect_output_ranges(model, state, range_inputs)
               if output_qdq else None)
-    with qdq_export_mode(state, ranges, drq, rorq, output_qdq):
+    with qdq_export_mode(state, ranges, drq, rorq, output_qdq), \
+            embedding_export_mode(model, embedding) as tables:
         export_onnx(model, inputs, path, constant_folding=False)
     graph_model = onnx.load(path)
     folded = fold_weight_quantizers(graph_model, int4=int4)
     onnx.save(graph_model, path)
     capable = integer_layers(state, drq, rorq)
     return dict(folded=folded, integer_capable=sum(capable.values()),
-                linear_conv=len(capable))
+                linear_conv=len(capable), embeddings=tables)

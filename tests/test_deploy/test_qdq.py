@@ -1,7 +1,10 @@
 """QDQ lowering of calibrated quantizers: every quantizer's ONNX subgraph
 reproduces its fake quantization in ONNX Runtime, a tiny W8A8 / W4A4 model
 matches the simulation, ONNX Runtime runs integer kernels, weights are
-stored as int8 / int4, and bad parameters are named."""
+stored as int8 / int4, and bad parameters are named. The word-embedding
+table, which the simulation keeps float, is exported float here
+(``embedding='float'``); its integer storage is tested in
+test_embedding.py."""
 import os.path as osp
 
 import pytest
@@ -135,7 +138,7 @@ def test_w8a8_without_requantization_equals_simulation(
     model, state, inputs = _tiny_quantized(tiny_model_cfg, 8, 8)
     path = str(tmp_path / 'w8a8.onnx')
     info = export_qdq(model, state, inputs[0], path, inputs,
-                      output_qdq=False)
+                      output_qdq=False, embedding='float')
     assert info['folded']['int8'] == info['linear_conv']  # all int8 weights
     deployed, quant_err = _ort_vs_sim(model, state, path, inputs)
     assert deployed <= quant_err / 2, (deployed, quant_err)
@@ -149,7 +152,8 @@ def test_w8a8_integer_kernels_close_to_simulation(tiny_model_cfg, tmp_path):
     model, state, inputs = _tiny_quantized(tiny_model_cfg, 8, 8)
     path = str(tmp_path / 'w8a8.onnx')
     opt = str(tmp_path / 'w8a8.opt.onnx')
-    info = export_qdq(model, state, inputs[0], path, inputs)
+    info = export_qdq(model, state, inputs[0], path, inputs,
+                      embedding='float')
     deployed, quant_err = _ort_vs_sim(model, state, path, inputs, opt)
     kernels = kernel_counts(opt)
     assert kernels['integer'] >= info['integer_capable'] > 0, (kernels,
@@ -179,13 +183,13 @@ def test_w4a4_weights_stored_as_int4(tiny_model_cfg, tmp_path):
     model, state, inputs = _tiny_quantized(tiny_model_cfg, 4, 4)
     path = str(tmp_path / 'w4.onnx')
     info = export_qdq(model, state, inputs[0], path, inputs,
-                      output_qdq=False)
+                      output_qdq=False, embedding='float')
     assert info['folded']['int4'] == info['linear_conv']
     deployed, quant_err = _ort_vs_sim(model, state, path, inputs)
     assert deployed <= quant_err / 2, (deployed, quant_err)
     path8 = str(tmp_path / 'w4i8.onnx')
     info8 = export_qdq(model, state, inputs[0], path8, inputs,
-                       output_qdq=False, int4=False)
+                       output_qdq=False, int4=False, embedding='float')
     assert info8['folded']['int8'] == info['linear_conv']
     assert osp.getsize(path) < osp.getsize(path8)
 

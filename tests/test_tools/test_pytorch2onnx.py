@@ -100,3 +100,6 @@ def test_qdq_export_from_ptq_params(tiny_files, tiny_model_cfg,
     printed = capsys.readouterr().out
     integer = int(printed.split("'integer': ")[1].split(',')[0])
     assert integer > 0
+    # W8A8: the word-embedding table is stored int8 by default
+    assert ("embedding tables {'text_encoder.bert.embeddings."
+            "word_embeddings': 'int8'}") in printed

@@ -7,8 +7,10 @@ random weights, synthetic calibration) and each setting
 ============  =================================================================
 torch-fp32    PyTorch eager FP32 (file: the state dict, ``torch.save``)
 ort-fp32      ONNX Runtime FP32 (``export_onnx``)
-ort-w8a8      ONNX Runtime, W8A8 calibrated, lowered to QDQ (``export_qdq``)
-ort-w4a8      ONNX Runtime, 4-bit weights stored as INT4, 8-bit activations
+ort-w8a8      ONNX Runtime, W8A8 calibrated, lowered to QDQ (``export_qdq``),
+              word-embedding table int8 per row (``--embedding``)
+ort-w4a8      ONNX Runtime, 4-bit weights stored as INT4, 8-bit activations,
+              word-embedding table 4-bit (GatherBlockQuantized)
 torch-w8a8    PyTorch fake quantization W8A8 (file: state dict + parameters)
 torch-w4a4    PyTorch fake quantization W4A4
 ============  =================================================================
@@ -64,6 +66,10 @@ def parse_args(argv=None):
     p.add_argument('--method', default='ptq4ris')
     p.add_argument('--lowering', default='int8', choices=('exact', 'int8'),
                    help='DRQ / RORQ lowering for the ORT settings')
+    p.add_argument('--embedding', default='auto',
+                   choices=('auto', 'float', 'int8', 'int4'),
+                   help='word-embedding tables of the ORT quantized files '
+                   '(auto: int8 for W8A8, int4 for W4A8)')
     p.add_argument('--calib-samples', type=int, default=32)
     p.add_argument('--val-samples', type=int, default=0)
     p.add_argument('--data-root', default=None)
@@ -180,7 +186,8 @@ def prepare(name, cfg_path, ckpt, args) -> dict:
             info[setting] = export_qdq(
                 model, state, example, path,
                 range_inputs(model, cfg, ckpt, args.calib_samples),
-                drq=args.lowering, rorq=args.lowering)
+                drq=args.lowering, rorq=args.lowering,
+                embedding=args.embedding)
         else:  # the FP weights + the calibrated parameters
             path = osp.join(out, f'{BITS[setting]}.pth')
             params = path.replace('.pth', '_params.pth')

@@ -14,7 +14,9 @@ model for ``--ptq-params``). With ``--ptq-params`` (a file written by
 config is read from the file, the checkpoint must be the one it was
 calibrated for, and the output ranges of the integer layers are measured on
 ``--range-samples`` samples of the config's training split
-(``ris_plugins.deploy.qdq``).
+(``ris_plugins.deploy.qdq``); the word-embedding tables are stored as int8
+(int4 for <= 4-bit weights) unless ``--embedding float``
+(``ris_plugins.deploy.embedding``).
 """
 import argparse
 import copy
@@ -31,6 +33,7 @@ from mmseg.utils import register_all_modules
 
 import ris_plugins  # noqa: F401
 from ris_plugins.deploy import export_onnx, max_abs_diff, ort_session
+from ris_plugins.deploy.embedding import EMBEDDING_MODES
 from ris_plugins.deploy.qdq import LOWERINGS, export_qdq, kernel_counts
 from ris_plugins.quantization import (file_sha256, load_quant_params,
                                       quantize_model, read_quant_params)
@@ -53,6 +56,10 @@ def parse_args(argv=None):
                    help='no output requantization (layers then run float)')
     p.add_argument('--no-int4', action='store_true',
                    help='store <= 4-bit weights as int8')
+    p.add_argument('--embedding', choices=EMBEDDING_MODES, default='auto',
+                   help='word-embedding tables of a QDQ export: auto = '
+                   'int4 for <= 4-bit weights (else int8), int8, int4, or '
+                   'float (as the simulation)')
     p.add_argument('--range-samples', type=int, default=32)
     p.add_argument('--data-root', default=None)
     return p.parse_args(argv)
@@ -124,10 +131,11 @@ def main(argv=None) -> int:
         info = export_qdq(model, state, example, args.out, calib,
                           drq=args.drq, rorq=args.rorq,
                           output_qdq=not args.no_output_qdq,
-                          int4=not args.no_int4)
+                          int4=not args.no_int4, embedding=args.embedding)
         print(f'QDQ: weights stored {info["folded"]}; '
               f'{info["integer_capable"]} of {info["linear_conv"]} '
-              'quantized Linear/Conv layers lowered for integer kernels')
+              'quantized Linear/Conv layers lowered for integer kernels; '
+              f'embedding tables {info["embeddings"] or "float"}')
     else:
         export_onnx(model, example, args.out)
     import onnx
