@@ -30,7 +30,11 @@ A qscheme without ``bits`` takes ``w_bits`` (weights) or ``a_bits``.
 same default as the quantizer classes) is passed to every quantizer type
 that takes it unless its qscheme sets it: True reproduces the official
 PTQ4RIS arithmetic, quirks included.  Quantizer types are looked up in
-:data:`~.registry.QUANTIZERS`.
+:data:`~.registry.QUANTIZERS`.  ``budget`` (mixed precision from a
+sensitivity measurement, validated by
+:func:`~.settings.check_budget`) is resolved by
+:func:`~.mixed_precision.calibrate_with_budget` into extra ``rules``;
+:func:`quantize_model` refuses an unresolved one.
 """
 import copy
 import inspect
@@ -200,7 +204,8 @@ def resolve_layer(name: str, kind: str, quant_cfg: dict) -> Optional[dict]:
     return plan
 
 
-CFG_KEYS = ('w_bits', 'a_bits', 'global_qconfig', 'rules', 'faithful')
+CFG_KEYS = ('w_bits', 'a_bits', 'global_qconfig', 'rules', 'faithful',
+            'budget')
 
 
 def validate_quant_cfg(quant_cfg: dict, require_bits: bool = True) -> None:
@@ -241,9 +246,17 @@ def quantize_model(model: nn.Module, quant_cfg: dict) -> QuantState:
         ValueError: bits outside [2, 16], an unknown quantizer type or
             option, an unknown rule key, an invalid rule regex, a rule
             pattern that matches no layer, or a ``num_channels`` that
-            contradicts the layer.
+            contradicts the layer, or a ``budget`` (it needs a sensitivity
+            measurement: :func:`~.mixed_precision.calibrate_with_budget`).
     """
     validate_quant_cfg(quant_cfg)
+    if quant_cfg.get('budget') is not None:
+        raise ValueError(
+            f'quant_cfg.budget={quant_cfg["budget"]!r} is resolved from a '
+            'sensitivity measurement: calibrate with ris_plugins.'
+            'quantization.calibrate_with_budget (PTQHook does), or quantize '
+            'with assigned_quant_cfg(quant_cfg, high_layers) / the file\'s '
+            'resolved_quant_cfg(meta)')
     state = QuantState()
     try:
         state.converted_attention = convert_attention(model, state._undo)

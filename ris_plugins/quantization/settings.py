@@ -5,7 +5,10 @@
     custom_hooks = [dict(type='PTQHook')]
     ptq = dict(
         quant_cfg=dict(w_bits=4, a_bits=4, global_qconfig=..., rules=...,
-                       faithful=False),
+                       faithful=False,
+                       budget=None),       # or dict(size_ratio=1.3) /
+                                           # dict(avg_w_bits=5.0): mixed
+                                           # precision, see mixed_precision
         search=dict(rounds=1, rows=256),   # None: observers only
                                            # (+ chunk_elems, memory)
         calibrate_steps=32, seed=0, max_rows=256,
@@ -35,6 +38,10 @@ DEFAULTS = dict(quant_cfg=None, search=None, calibrate_dataloader=None,
                 calibrate_steps=32, seed=0, max_rows=256, max_cache_mb=2048,
                 params_file='ptq_params.pth', load_params=None)
 SEARCH_KEYS = ('rounds', 'rows', 'chunk_elems')
+#: ``quant_cfg.budget``: exactly one target, optional ``high_bits``.
+BUDGET_TARGETS = ('avg_w_bits', 'size_ratio')
+BUDGET_KEYS = BUDGET_TARGETS + ('high_bits', )
+DEFAULT_HIGH_BITS = 8
 
 
 def _positive_int(value, where: str) -> int:
@@ -59,7 +66,8 @@ def check_ptq_cfg(ptq: Optional[dict], where: str = 'ptq') -> dict:
             key, bits not an int in [2, 16] or missing, invalid rule
             regex), ``calibrate_steps`` / ``max_rows`` / search ``rounds``
             / ``rows`` not positive ints, ``max_cache_mb`` not a positive
-            number or None, or an unknown search key.
+            number or None, an unknown search key, or a bad
+            ``quant_cfg.budget`` (see :func:`check_budget`).
     """
     if ptq is None:
         raise ValueError(f'{where}: no PTQ settings; inherit one of '
@@ -84,6 +92,8 @@ def check_ptq_cfg(ptq: Optional[dict], where: str = 'ptq') -> dict:
                 f'the quantized config, e.g. ptq = dict(quant_cfg=dict('
                 'w_bits=4, a_bits=4))')
     validate_quant_cfg(out['quant_cfg'])
+    check_budget(out['quant_cfg'].get('budget'), out['quant_cfg']['w_bits'],
+                 f'{where}.quant_cfg.budget')
     for key in ('calibrate_steps', 'max_rows'):
         _positive_int(out[key], f'{where}.{key}')
     cache = out['max_cache_mb']
@@ -103,6 +113,65 @@ def check_ptq_cfg(ptq: Optional[dict], where: str = 'ptq') -> dict:
         for key, value in search.items():
             _positive_int(value, f'{where}.search.{key}')
     return out
+
+
+def check_budget(budget: Optional[dict], w_bits: int,
+                 where: str = 'quant_cfg.budget') -> Optional[dict]:
+    """Validate a mixed-precision ``budget`` (no model needed).
+
+    The budget bounds the size of the quantized layers' weights, ``S =
+    sum_l numel(W_l) * bits_l / 8`` bytes, with every layer at ``w_bits``
+    (the low setting) or ``high_bits`` (default 8; weights and inputs):
+
+    - ``dict(size_ratio=r)``: ``S <= r * S_low``, with ``S_low`` the size
+      at ``w_bits`` everywhere; r in [1, high_bits / w_bits].
+    - ``dict(avg_w_bits=b)``: ``S <= b * (number of quantized weights) /
+      8``, the average bits per quantized weight; b in [w_bits,
+      high_bits].
+
+    Args:
+        budget: None (no mixed precision) or the dict above.
+        w_bits: the config's ``quant_cfg.w_bits`` (the low setting).
+        where: how errors name the budget.
+
+    Returns:
+        dict or None: ``budget`` with ``high_bits`` filled in.
+
+    Raises:
+        ValueError: not a dict, unknown keys or not exactly one target
+            (naming the valid keys), a target that is not a number or
+            outside its range, or ``high_bits`` not an int in
+            (w_bits, 16].
+    """
+    if budget is None:
+        return None
+    if not isinstance(budget, dict):
+        raise ValueError(f'{where} must be None or a dict with one of '
+                         f'{BUDGET_TARGETS} (and optionally high_bits), got '
+                         f'{budget!r}')
+    unknown = sorted(set(budget) - set(BUDGET_KEYS))
+    if unknown:
+        raise ValueError(f'{where}: unknown keys {unknown}; valid keys: '
+                         f'{BUDGET_KEYS}')
+    targets = [k for k in BUDGET_TARGETS if k in budget]
+    if len(targets) != 1:
+        raise ValueError(f'{where} must set exactly one of {BUDGET_TARGETS}, '
+                         f'got {targets or "none"}')
+    high = budget.get('high_bits', DEFAULT_HIGH_BITS)
+    if isinstance(high, bool) or not isinstance(high, int) or not (
+            w_bits < high <= 16):
+        raise ValueError(f'{where}.high_bits must be an int in '
+                         f'({w_bits}, 16] (above quant_cfg.w_bits), got '
+                         f'{high!r}')
+    key, value = targets[0], budget[targets[0]]
+    lo, hi = ((1.0, high / w_bits) if key == 'size_ratio' else
+              (float(w_bits), float(high)))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not lo <= value <= hi:
+        raise ValueError(f'{where}.{key} must be a number in [{lo:g}, '
+                         f'{hi:g}] (w_bits={w_bits}, high_bits={high}), got '
+                         f'{value!r}')
+    return dict(budget, high_bits=high)
 
 
 def parse_bits(name: str) -> Dict[str, int]:

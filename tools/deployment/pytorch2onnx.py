@@ -20,7 +20,6 @@ calibrated for, and the output ranges of the integer layers are measured on
 """
 import argparse
 import copy
-import json
 import os.path as osp
 import sys
 
@@ -36,7 +35,8 @@ from ris_plugins.deploy import export_onnx, max_abs_diff, ort_session
 from ris_plugins.deploy.embedding import EMBEDDING_MODES
 from ris_plugins.deploy.qdq import LOWERINGS, export_qdq, kernel_counts
 from ris_plugins.quantization import (file_sha256, load_quant_params,
-                                      quantize_model, read_quant_params)
+                                      quantize_model, read_quant_params,
+                                      resolved_quant_cfg)
 from ris_plugins.utils.synthetic import synthetic_inputs
 
 
@@ -105,8 +105,8 @@ def load_quantized(model, params_path: str, checkpoint: str):
         raise ValueError(f'{params_path} was calibrated for '
                          f"{meta.get('checkpoint')} ({saved}), not for "
                          f'{checkpoint} ({digest}): recalibrate')
-    quant_cfg = json.loads(meta['quant_cfg'])
-    state = quantize_model(model, quant_cfg)
+    # with a budget: the mixed-precision assignment recorded in the file
+    state = quantize_model(model, resolved_quant_cfg(meta, params_path))
     load_quant_params(state, payload['state_dict'], params_path,
                       payload['bits'])
     return state

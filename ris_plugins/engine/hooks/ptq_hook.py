@@ -24,10 +24,11 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmseg.registry import DATASETS, HOOKS
 
-from ...quantization import (calibrate_on_dataset, file_sha256,
-                             load_quant_file, load_quant_params,
-                             quantize_model, read_quant_params, restore_model,
-                             save_quant_params, weights_sha256)
+from ...quantization import (calibrate_on_dataset, calibrate_with_budget,
+                             file_sha256, load_quant_params, quantize_model,
+                             read_quant_params, resolved_quant_cfg,
+                             restore_model, save_quant_params, weights_sha256)
+from ...quantization.mixed_precision import BitAssignment
 from ...quantization.params import StaleFormatError, check_bits
 from ...quantization.report import format_report
 from ...quantization.settings import check_ptq_cfg
@@ -49,7 +50,11 @@ class PTQHook(Hook):
 
     - ``quant_cfg`` (dict): model-level quantization config (see
       :mod:`ris_plugins.quantization.quantize`): ``w_bits``, ``a_bits``,
-      ``global_qconfig``, ``rules``, ``faithful``.
+      ``global_qconfig``, ``rules``, ``faithful``, ``budget`` (mixed
+      precision: the most sensitive layers at 8 bits within a weight-size
+      budget, see :mod:`ris_plugins.quantization.mixed_precision`; the
+      chosen layers are logged and saved with the parameters, and a
+      reload uses the saved choice without measuring again).
     - ``search`` (dict, optional): output-aware search settings
       ``dict(rounds=1, rows=1024)``; None = observers only.
     - ``calibrate_dataloader`` (dict, optional): ``dict(dataset=...)`` to
@@ -113,11 +118,11 @@ class PTQHook(Hook):
         model.eval()
         quant_cfg = self.settings['quant_cfg']
         meta = self._meta(runner, model)  # hashes the FP weights
-        self.state = quantize_model(model, quant_cfg)
         try:
             self._calibrate_or_load(runner, model, meta)
         except Exception:
-            restore_model(model, self.state)
+            if self.state is not None:
+                restore_model(model, self.state)
             self.state = None
             raise
         report = format_report(model, self.state, quant_cfg)
@@ -145,30 +150,65 @@ class PTQHook(Hook):
                     calibration=_to_json(calibration))
 
     def _calibrate_or_load(self, runner, model, meta: dict) -> None:
+        """Set ``self.state``: quantize ``model`` and load or calibrate."""
         ptq = self.settings
         if ptq['load_params']:
-            self._load_explicit(ptq['load_params'], meta)
+            self._load_explicit(model, ptq['load_params'], meta)
             return
         path = osp.join(runner.work_dir, ptq['params_file'])
         if osp.isfile(path):
             reason = self._stale_reason(path, meta)
             if reason is None:
-                load_quant_file(self.state, path)
+                payload = read_quant_params(path)
+                self._quantize_as_recorded(model, payload['meta'], path)
+                load_quant_params(self.state, payload['state_dict'], path,
+                                  payload['bits'])
                 print_log(f'PTQ: reloaded calibrated parameters from {path}',
                           logger='current')
                 return
             print_log(f'PTQ: not reusing {path}: {reason}; recalibrating',
                       logger='current', level=logging.WARNING)
         dataset = self._build_dataset(runner)
-        times = calibrate_on_dataset(self.state, model, dataset,
-                                     ptq['calibrate_steps'], ptq['seed'],
-                                     ptq['max_rows'], ptq['search'],
-                                     ptq['max_cache_mb'])
+        args = (dataset, ptq['calibrate_steps'], ptq['seed'],
+                ptq['max_rows'], ptq['search'], ptq['max_cache_mb'])
+        if ptq['quant_cfg'].get('budget') is None:
+            self.state = quantize_model(model, ptq['quant_cfg'])
+            times = calibrate_on_dataset(self.state, model, *args)
+        else:
+            self.state, done, times = calibrate_with_budget(
+                model, ptq['quant_cfg'], *args)
+            meta = dict(meta, mixed_precision=done.to_meta())
+            print_log(done.summary(), logger='current')
         print_log('PTQ times (s): ' + ', '.join(
             f'{k} {v:.1f}' for k, v in times.items()), logger='current')
         if is_main_process():
             save_quant_params(path, self.state, meta)
             print_log(f'PTQ: saved parameters to {path}', logger='current')
+
+    def _quantize_as_recorded(self, model, saved: dict, source: str) -> None:
+        """Quantize ``model`` with the config's ``quant_cfg``; with a
+        ``budget``, with the mixed-precision assignment recorded in the
+        parameter file (``saved`` is its meta) instead of measuring."""
+        quant_cfg = self.settings['quant_cfg']
+        if quant_cfg.get('budget') is None and 'mixed_precision' in saved:
+            budget = saved['mixed_precision'].get('budget')
+            raise ValueError(
+                f'{source} holds mixed-precision parameters (budget '
+                f'{budget}) but ptq.quant_cfg.budget is not set: set it to '
+                'the same budget or recalibrate')
+        if quant_cfg.get('budget') is not None:
+            if 'mixed_precision' not in saved:
+                raise ValueError(
+                    f'{source} records no mixed-precision assignment but '
+                    f'ptq.quant_cfg.budget={quant_cfg["budget"]} is set: it '
+                    'was calibrated without a budget; drop the budget or '
+                    'recalibrate')
+            done = BitAssignment.from_meta(saved['mixed_precision'], source)
+            print_log(f'PTQ: assignment from {source}\n' + done.summary(),
+                      logger='current')
+            quant_cfg = resolved_quant_cfg(
+                dict(saved, quant_cfg=dict(quant_cfg)), source)
+        self.state = quantize_model(model, quant_cfg)
 
     @staticmethod
     def _stale_reason(path: str, meta: dict) -> Optional[str]:
@@ -191,11 +231,12 @@ class PTQHook(Hook):
                 return f'{where} changed from {old!r} to {new!r}'
         return None
 
-    def _load_explicit(self, path: str, meta: dict) -> None:
+    def _load_explicit(self, model, path: str, meta: dict) -> None:
         """``load_params``: same checkpoint contents and ``quant_cfg`` as
         recorded in the file, then bits, keys and shapes."""
         payload = read_quant_params(path)
         saved = payload['meta']
+        self._quantize_as_recorded(model, saved, path)
         check_bits(self.state, payload['bits'], path)
         if saved.get('checkpoint_sha256') != meta['checkpoint_sha256']:
             raise ValueError(
