@@ -6,7 +6,7 @@ different lengths on a fixed image, computed by the code *before* the
 explicit-text refactor (commit 0a4c32a). Weights are set by parameter name
 (:func:`name_seeded_`), not by construction order, so a refactor that keeps
 the state-dict keys and the arithmetic must reproduce them to float32
-round-off. Regenerate only when a change of outputs is intended:
+round-off (2e-4 of the largest output, whatever the thread count). Regenerate only when a change of outputs is intended:
 ``python -m tests.test_configs.test_pinned_outputs``. The two sentences
 and the weights come from ``tests/conftest.py`` (``demo_inputs``,
 ``name_seeded_``).
@@ -42,7 +42,12 @@ def test_outputs_equal_the_pinned_ones(path):
     pinned = safe_torch_load(PINNED)[osp.basename(path)]
     # The pin covers the text path: the two sentences' outputs differ.
     assert (pinned[0] - pinned[1]).abs().max() > 1e-3 * pinned.abs().max()
-    torch.testing.assert_close(logits(path), pinned, rtol=1e-4, atol=1e-5)
+    # Float32 round-off depends on the thread count (pytest-xdist workers
+    # run one thread): LAVT's InstanceNorm over small maps magnifies it to
+    # 2.7e-4 of outputs up to 3.1 (8e-5 relative L2); the other configs
+    # stay below 2e-5. A change of arithmetic moves outputs by 1e-2 or more.
+    torch.testing.assert_close(logits(path), pinned, rtol=1e-4,
+                               atol=2e-4 * float(pinned.abs().max()))
 
 
 if __name__ == '__main__':
