@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 from torch import Tensor
 
 from .quantize import QuantState
@@ -51,8 +52,8 @@ def tensor_outputs(model: nn.Module,
     return run
 
 
-def layer_errors(state: QuantState,
-                 run: Callable[[], Tensor]) -> List[LayerSensitivity]:
+def layer_errors(state: QuantState, run: Callable[[], Tensor],
+                 log_interval: int = 16) -> List[LayerSensitivity]:
     """Sensitivity of every calibrated layer of ``state``, worst first.
 
     Args:
@@ -61,6 +62,7 @@ def layer_errors(state: QuantState,
         run: runs the model on the measurement samples and returns its
             outputs (any shape, the same every call), e.g.
             :func:`tensor_outputs`.
+        log_interval: log progress every this many layers.
 
     Returns:
         list: :class:`LayerSensitivity` rows sorted by ``rel_err``,
@@ -97,6 +99,9 @@ def layer_errors(state: QuantState,
             kinds = ', '.join(f'{c[0]}:{type(q).__name__}{q.bits}'
                               for c, q in own.items())
             rows.append(LayerSensitivity(name, kinds, err))
+            if len(rows) % log_interval == 0:
+                print_log(f'PTQ sensitivity: {len(rows)}/{len(state.layers)}'
+                          ' layers', logger='current')
     finally:
         for n, q in quantizers.items():
             q.enabled = enabled[n]
