@@ -3,7 +3,6 @@ several sentences, strict weights, and every bad input named."""
 import glob
 import os
 import os.path as osp
-import warnings
 
 import cv2
 import numpy as np
