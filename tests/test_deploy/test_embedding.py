@@ -19,20 +19,12 @@ from ris_plugins.deploy.qdq import export_qdq, resolve_embedding
 from ris_plugins.quantization import calibrate, quantize_model
 from ris_plugins.utils.synthetic import synthetic_inputs
 
-from ..conftest import tiny_cfg
+from ..conftest import MINMAX, tiny_cfg
 
 onnx = pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')
 
 TABLE = 'text_encoder.bert.embeddings.word_embeddings'
-MINMAX = dict(
-    global_qconfig=dict(
-        w_qscheme=dict(type='UniformQuantizer', granularity='channel'),
-        a_qscheme=dict(type='UniformQuantizer', symmetric=False),
-        m_qscheme=dict(type='UniformQuantizer', symmetric=False)),
-    rules=[dict(pattern=r'backbone\.(conv1|stem\.0)', a_qscheme=None,
-                optional=True),
-           dict(pattern=r'.*conv_seg', skip=True, optional=True)])
 EPS = float(np.finfo(np.float32).eps)
 
 
