@@ -12,6 +12,7 @@ ort-w8a8      ONNX Runtime, W8A8 calibrated, lowered to QDQ (``export_qdq``),
 ort-w4a8      ONNX Runtime, 4-bit weights stored as INT4, 8-bit activations,
               word-embedding table 4-bit (GatherBlockQuantized)
 torch-w8a8    PyTorch fake quantization W8A8 (file: state dict + parameters)
+torch-w4a8    PyTorch fake quantization W4A8 (ort-w4a8's calibration)
 torch-w4a4    PyTorch fake quantization W4A4
 ============  =================================================================
 
@@ -52,9 +53,9 @@ from mmengine.config import Config
 QUANT = osp.join(osp.dirname(osp.abspath(__file__)), '..', '..', 'configs',
                  '_base_', 'quantization')
 SETTINGS = ('torch-fp32', 'ort-fp32', 'ort-w8a8', 'ort-w4a8', 'torch-w8a8',
-            'torch-w4a4')
+            'torch-w4a8', 'torch-w4a4')
 BITS = {'ort-w8a8': 'w8a8', 'ort-w4a8': 'w4a8', 'torch-w8a8': 'w8a8',
-        'torch-w4a4': 'w4a4'}
+        'torch-w4a8': 'w4a8', 'torch-w4a4': 'w4a4'}
 
 
 def parse_args(argv=None):
@@ -257,15 +258,14 @@ def evaluate(run, model_like, cfg, args) -> dict:
     loader = Runner.build_dataloader(vcfg.val_dataloader)
     evaluator = Evaluator(vcfg.val_evaluator)
     evaluator.dataset_meta = loader.dataset.metainfo
-    model = model_like if model_like is not None else build_fp(cfg,
-                                                               'random')
-    model._forward = lambda img, tok, mask: run(img.float(), tok, mask)
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                evaluator.process(model.test_step(batch), batch)
-    finally:
-        del model._forward
+    if model_like is not None:  # a PyTorch setting: run is the model
+        model = model_like
+    else:  # ONNX Runtime: a FP model's pre/post-processing around run
+        model = build_fp(cfg, 'random')
+        model._forward = lambda img, tok, mask: run(img.float(), tok, mask)
+    with torch.no_grad():
+        for batch in loader:
+            evaluator.process(model.test_step(batch), batch)
     res = evaluator.evaluate(len(loader.dataset))
     return {k: round(float(v), 2) for k, v in res.items()
             if k in ('mIoU', 'oIoU')}
