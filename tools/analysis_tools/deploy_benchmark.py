@@ -65,8 +65,10 @@ def parse_args(argv=None):
     p.add_argument('--settings', nargs='+', default=list(SETTINGS),
                    choices=SETTINGS)
     p.add_argument('--method', default='ptq4ris')
-    p.add_argument('--lowering', default='int8', choices=('exact', 'int8'),
-                   help='DRQ / RORQ lowering for the ORT settings')
+    p.add_argument('--drq', default='int8', choices=('exact', 'int8'),
+                   help='DRQ lowering for the ORT settings')
+    p.add_argument('--rorq', default='int8', choices=('exact', 'int8'),
+                   help='RORQ lowering for the ORT settings')
     p.add_argument('--embedding', default='auto',
                    choices=('auto', 'float', 'int8', 'int4'),
                    help='word-embedding tables of the ORT quantized files '
@@ -187,7 +189,7 @@ def prepare(name, cfg_path, ckpt, args) -> dict:
             info[setting] = export_qdq(
                 model, state, example, path,
                 range_inputs(model, cfg, ckpt, args.calib_samples),
-                drq=args.lowering, rorq=args.lowering,
+                drq=args.drq, rorq=args.rorq,
                 embedding=args.embedding)
         else:  # the FP weights + the calibrated parameters
             path = osp.join(out, f'{BITS[setting]}.pth')
