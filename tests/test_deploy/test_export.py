@@ -88,6 +88,33 @@ def test_window_reverse_patch_equals_mmpretrain():
     assert ShiftWindowMSA.__dict__['window_reverse'] is original
 
 
+@pytest.mark.parametrize('norm,shape', [
+    (torch.nn.InstanceNorm1d(5), (2, 5, 7)),
+    (torch.nn.InstanceNorm1d(5), (5, 7)),  # unbatched
+    (torch.nn.InstanceNorm1d(5, affine=True), (3, 5, 7)),
+    (torch.nn.InstanceNorm2d(4, affine=True), (2, 4, 3, 6)),
+])
+def test_instance_norm_patch_equals_torch(norm, shape):
+    """The export-time instance norm (explicit reductions) equals torch's
+    op; outside ``export_patches`` the library forward is back."""
+    from torch.nn.modules.instancenorm import _InstanceNorm
+
+    from ris_plugins.deploy.patches import export_patches
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g) * 3 + 1
+    if norm.affine:
+        with torch.no_grad():
+            norm.weight.copy_(torch.randn(norm.weight.shape, generator=g))
+            norm.bias.copy_(torch.randn(norm.bias.shape, generator=g))
+    ref = norm(x)
+    original = _InstanceNorm.forward
+    with export_patches():
+        assert _InstanceNorm.forward is not original
+        out = norm(x)
+    assert _InstanceNorm.forward is original
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_bad_inputs_are_named():
     img = torch.zeros(1, 3, 8, 8)
     tokens = torch.zeros(1, 4, dtype=torch.long)

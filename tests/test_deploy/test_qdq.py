@@ -5,6 +5,7 @@ stored as int8 / int4, and bad parameters are named. The word-embedding
 table, which the simulation keeps float, is exported float here
 (``embedding='float'``); its integer storage is tested in
 test_embedding.py."""
+import glob
 import os.path as osp
 
 import pytest
@@ -22,7 +23,7 @@ from ris_plugins.quantization.quantizers import (RORQQuantizer,
                                                  UniformQuantizer)
 from ris_plugins.utils.synthetic import synthetic_inputs
 
-from ..conftest import MINMAX
+from ..conftest import MINMAX, ROOT
 
 ort = pytest.importorskip('onnxruntime')
 
@@ -203,3 +204,46 @@ def test_uncalibrated_quantizer_is_named(tiny_model_cfg):
             pass
     assert all('forward' not in layer.__dict__
                for layer in state.layers.values())
+
+
+PTQ_CONFIGS = sorted(glob.glob(
+    osp.join(ROOT, 'projects', 'ptq4ris', 'configs', 'demo', '*.py')))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('config', PTQ_CONFIGS,
+                         ids=[osp.basename(c)[:24] for c in PTQ_CONFIGS])
+def test_qdq_export_of_every_ptq_demo_config(config, tmp_path):
+    """Every quantized demo config (its own PTQ4RIS ``quant_cfg``: DRQ,
+    RORQ, first / last layer FP; random weights, 2 synthetic calibration
+    samples) exports as QDQ with output requantization and the integer
+    embedding table, as ``pytorch2onnx.py --ptq-params`` does, passes
+    ``onnx.checker`` and runs in ONNX Runtime. LAVT's PWAM
+    (``Conv1d -> InstanceNorm1d``) once failed here: the exporter needs
+    the channel count that a DequantizeLinear output does not carry
+    (``deploy/patches.py``)."""
+    import onnx
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).eval()
+    state = quantize_model(model, cfg.ptq.quant_cfg.to_dict())
+    inputs = synthetic_inputs(cfg, 2)
+    calibrate(state, lambda i: model(*inputs[i]), range(2))
+    path = str(tmp_path / 'q.onnx')
+    info = export_qdq(model, state, inputs[0], path, inputs)
+    onnx.checker.check_model(path)
+    # every weight stored as an integer: no QuantizeLinear of a constant
+    # is left (torch's exporter may share one initializer between layers
+    # with equal weights, so the folded count can be below the layers')
+    graph = onnx.load(path).graph
+    constants = {i.name for i in graph.initializer} | {
+        o for n in graph.node if n.op_type == 'Constant' for o in n.output}
+    assert not [n.name for n in graph.node if n.op_type == 'QuantizeLinear'
+                and n.input[0] in constants]
+    assert 0 < sum(info['folded'].values()) <= info['linear_conv']
+    logits = run_session(ort_session(path), *inputs[1])
+    with torch.no_grad():
+        ref = model(*inputs[1])
+    assert logits.shape == tuple(ref.shape)
+    assert torch.isfinite(torch.from_numpy(logits)).all()
