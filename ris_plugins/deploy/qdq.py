@@ -285,6 +285,14 @@ def _conv_forward(layer, x: Tensor, rng, drq, rorq) -> Tensor:
 
 
 def _matmul_forward(layer, a: Tensor, b: Tensor, drq, rorq) -> Tensor:
+    if not (is_plain_qdq(layer.a_quantizer, drq, rorq)
+            and is_plain_qdq(layer.b_quantizer, drq, rorq)):
+        # The product runs in float (an operand per head, or lowered
+        # exactly), so an 8-bit DRQ / RORQ operand would only round
+        # differently, and ONNX Runtime would fuse it with a per-head
+        # (N-D, per-axis) other operand into MatMulIntegerToFloat, which
+        # rejects that zero point at run time (CRIS's VL decoder).
+        drq = rorq = 'exact'
     a = lower_activation(layer.a_quantizer, a, drq, rorq)
     b = lower_activation(layer.b_quantizer, b, drq, rorq)
     return a @ b
