@@ -24,6 +24,18 @@ PY=python
 pipq() { "$PY" -m pip install -q "$@"; }
 
 echo "[setup] python: $(command -v $PY)"
+# A stamp in the environment records a finished set-up of this checkout
+# with these package files; while it matches, the pip steps below (about
+# 25 s even when nothing changes) are skipped.
+STAMP="$("$PY" -c 'import sys; print(sys.prefix)')/.ris_plugins_setup"
+WANT="$(pwd) $(cat setup.cfg pyproject.toml tools/setup_env.sh | cksum)"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$PY" -c "
+import os, mmcv._ext, mmseg.models, mmpretrain.models, ris_plugins
+here = os.path.dirname(os.path.dirname(os.path.abspath(ris_plugins.__file__)))
+assert here == os.getcwd()" >/dev/null 2>&1; then
+  echo "[setup] ok (already set up for this checkout; delete $STAMP to redo)"
+  exit 0
+fi
 "$PY" -m pip install -q --upgrade 'pip>=24' 'setuptools>=77,<81' wheel ninja psutil
 
 if ! "$PY" -c "import torch, torchvision; torchvision.ops.nms" >/dev/null 2>&1; then
@@ -63,3 +75,4 @@ else
     "Debian's chromium and chromium-driver to run it"
 fi
 "$PY" -c "import mmseg.models, mmpretrain.models, ris_plugins; print('[setup] ok: ris_plugins', ris_plugins.__version__)"
+echo "$WANT" > "$STAMP"
