@@ -250,16 +250,8 @@ def time_runner(run, inputs, args) -> float:
 def evaluate(run, model_like, cfg, args) -> dict:
     """mIoU / oIoU on the first ``--val-samples`` validation samples with
     the config's postprocessing, the forward replaced by ``run``."""
-    from mmengine.evaluator import Evaluator
-    from mmengine.runner import Runner
-    vcfg = copy.deepcopy(cfg)
-    vcfg.val_dataloader.batch_size = 1
-    vcfg.val_dataloader.num_workers = 0
-    vcfg.val_dataloader.persistent_workers = False
-    vcfg.val_dataloader.dataset.indices = args.val_samples
-    loader = Runner.build_dataloader(vcfg.val_dataloader)
-    evaluator = Evaluator(vcfg.val_evaluator)
-    evaluator.dataset_meta = loader.dataset.metainfo
+    from ris_plugins.evaluation import build_val_subset
+    loader, evaluator = build_val_subset(cfg, args.val_samples, num_workers=0)
     if model_like is not None:  # a PyTorch setting: run is the model
         model = model_like
     else:  # ONNX Runtime: a FP model's pre/post-processing around run

@@ -20,14 +20,14 @@ import time
 
 import torch
 from mmengine.config import Config
-from mmengine.evaluator import Evaluator
-from mmengine.runner import Runner, load_checkpoint
+from mmengine.runner import load_checkpoint
 from mmseg.registry import DATASETS, MODELS
 from mmseg.utils import register_all_modules
 
 import ris_plugins  # noqa: F401
 from ris_plugins.quantization import calibrate_on_dataset, quantize_model
 from ris_plugins.quantization.settings import parse_bits
+from ris_plugins.evaluation import build_val_subset
 
 QUANT = osp.join(osp.dirname(__file__), '..', '..', 'configs', '_base_',
                  'quantization')
@@ -69,13 +69,8 @@ def run_model(name, cfg_path, ckpt, args) -> list:
     if args.data_root:
         for key in ('train_dataloader', 'val_dataloader'):
             cfg[key].dataset.data_root = args.data_root
-    cfg.val_dataloader.batch_size = args.batch_size
-    cfg.val_dataloader.persistent_workers = False
-    if args.val_samples:
-        cfg.val_dataloader.dataset.indices = args.val_samples
-    loader = Runner.build_dataloader(cfg.val_dataloader)
-    evaluator = Evaluator(cfg.val_evaluator)
-    evaluator.dataset_meta = loader.dataset.metainfo
+    loader, evaluator = build_val_subset(cfg, args.val_samples,
+                                         batch_size=args.batch_size)
     fp = MODELS.build(cfg.model)
     load_checkpoint(fp, ckpt, map_location='cpu')
     calib = calib_dataset(cfg)

@@ -38,8 +38,7 @@ import os.path as osp
 import matplotlib
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
-from mmengine.evaluator import Evaluator
-from mmengine.runner import Runner, load_checkpoint
+from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
@@ -55,6 +54,7 @@ from ris_plugins.quantization.mixed_precision import (assign_bits,
 from ris_plugins.quantization.sensitivity import errors_by_layer
 from ris_plugins.quantization.calibrate import calibration_indices
 from ris_plugins.quantization.settings import parse_bits
+from ris_plugins.evaluation import build_val_subset
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -63,12 +63,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def budget_curve(cfg, fp, quant_cfg, low, rows, dataset, args) -> list:
     """FP, W4A4 (``low``: (model, state)), W8A8 and one mixed model per
     ``--size-ratios`` entry: mIoU / oIoU on the val samples and sizes."""
-    cfg.val_dataloader.batch_size = 8
-    cfg.val_dataloader.persistent_workers = False
-    cfg.val_dataloader.dataset.indices = args.val_samples
-    loader = Runner.build_dataloader(cfg.val_dataloader)
-    evaluator = Evaluator(cfg.val_evaluator)
-    evaluator.dataset_meta = loader.dataset.metainfo
+    loader, evaluator = build_val_subset(cfg, args.val_samples, batch_size=8)
     w_bits = quant_cfg['w_bits']
     high_cfg = dict(quant_cfg, w_bits=8, a_bits=8)
     high = copy.deepcopy(fp)
