@@ -27,6 +27,22 @@ def _window_reverse(windows: Tensor, H: int, W: int,
     return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, H, W, c)
 
 
+_get_attn_mask = ShiftWindowMSA.__dict__['get_attn_mask'].__func__
+
+
+def _get_attn_mask_static(hw_shape, window_size: int, shift_size: int,
+                          device=None):
+    """mmpretrain ``ShiftWindowMSA.get_attn_mask`` (the shifted-window mask
+    (nW, ws*ws, ws*ws), 0 or -100) for the padded feature size as Python
+    ints. The library passes ``query.shape[1:3]``, which the tracer records
+    as ``Shape`` ops, so the mask (which depends on H and W only, fixed at
+    export) was rebuilt at every run from ~80 shape, slice and scatter ops
+    per shifted block; with ints every input of the mask is a constant and
+    ONNX Runtime folds it once when it loads the file."""
+    hw_shape = tuple(int(v) for v in hw_shape)
+    return _get_attn_mask(hw_shape, window_size, shift_size, device)
+
+
 _instance_norm_forward = _InstanceNorm.forward
 
 
@@ -56,11 +72,14 @@ def _instance_norm(self: _InstanceNorm, x: Tensor) -> Tensor:
 def export_patches() -> Iterator[None]:
     """Swap in the export-friendly versions above for the duration of an
     export; the originals are restored on exit (errors included)."""
-    original = ShiftWindowMSA.__dict__['window_reverse']
+    original = {name: ShiftWindowMSA.__dict__[name]
+                for name in ('window_reverse', 'get_attn_mask')}
     ShiftWindowMSA.window_reverse = staticmethod(_window_reverse)
+    ShiftWindowMSA.get_attn_mask = staticmethod(_get_attn_mask_static)
     _InstanceNorm.forward = _instance_norm
     try:
         yield
     finally:
-        ShiftWindowMSA.window_reverse = original
+        for name, fn in original.items():
+            setattr(ShiftWindowMSA, name, fn)
         _InstanceNorm.forward = _instance_norm_forward

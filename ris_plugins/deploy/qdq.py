@@ -52,14 +52,19 @@ float. With ``'int8'`` they become ordinary 8-bit QDQ and the Linear can
 run as an integer kernel, at the accuracy measured in
 ``projects/ptq4ris/README.md``.
 
-ONNX Runtime's CPU provider fuses ``DQ -> Conv/MatMul/Gemm`` into an
-integer kernel only when the output is quantized too (``-> Q``); our
-simulation keeps layer outputs in float. :func:`collect_output_ranges`
-therefore measures each quantized Linear / Conv output on calibration
-inputs and the export adds a uint8 output QDQ (min-max range) to layers
-whose input is a per-tensor 8-bit-container QDQ. That requantization is the
-only arithmetic the deployed model adds to the simulation
-(``output_qdq=False`` leaves it out; the layers then run in float).
+ONNX Runtime's CPU provider runs ``DQ -> MatMul`` (a Linear on (..., N,
+C) tokens) with a float output as ``MatMulIntegerToFloat``, so those
+outputs stay float as in the simulation. It fuses ``DQ -> Conv`` into
+``QLinearConv``, and a Linear on (B, C) vectors (which it first turns into
+a Gemm) into ``QGemm``, only when the output is quantized too (``-> Q``).
+:func:`collect_output_ranges` therefore measures each quantized Linear /
+Conv output on calibration inputs and the export adds a uint8 output QDQ
+(min-max range) to those Convs and 2-D Linears whose input is a per-tensor
+8-bit-container QDQ. That requantization is the only arithmetic the
+deployed model adds to the simulation (``output_qdq=False`` leaves it out;
+those layers then run in float). On token Linears the output QDQ only
+costs time: ONNX Runtime still picks ``MatMulIntegerToFloat`` and then runs
+the bias Add, QuantizeLinear and DequantizeLinear separately.
 """
 import contextlib
 import copy
@@ -275,7 +280,7 @@ def _linear_forward(layer, x: Tensor, rng, drq, rorq) -> Tensor:
     y = torch.matmul(x, w_t)
     if layer.bias is not None:
         y = y + layer.bias
-    return _out(y, rng)
+    return _out(y, rng) if x.dim() == 2 else y  # QGemm wants a Q output
 
 
 def _conv_forward(layer, x: Tensor, rng, drq, rorq) -> Tensor:
@@ -334,7 +339,8 @@ def qdq_export_mode(state: QuantState,
         output_ranges: ``{layer: (min, max)}`` from
             :func:`collect_output_ranges`; needed when ``output_qdq``.
         drq, rorq: 'exact' or 'int8' lowering of DRQ / RORQ quantizers.
-        output_qdq: add the uint8 output QDQ to integer-capable layers.
+        output_qdq: add the uint8 output QDQ to integer-capable Convs and
+            2-D Linears (module docstring).
 
     Raises:
         ValueError: an unknown lowering, an uncalibrated quantizer, or

@@ -90,7 +90,10 @@ class DenseAttentionPool2d(AttentionPool2d):
         b, _, h, w = x.shape
         residual = self.connect(x)  # (B, C_out, H, W)
         tokens = x.flatten(2).permute(2, 0, 1)  # (H*W, B, C_in)
-        tokens = tokens + self.resized_pos_embed(h, w)[:, None].to(x.dtype)
+        # int(): an ONNX export then holds the resized table as a constant
+        # of the fixed export size, which ONNX Runtime folds at load
+        pos = self.resized_pos_embed(int(h), int(w))  # (H*W, C_in)
+        tokens = tokens + pos[:, None].to(x.dtype)
         out = (self._fused_attention(tokens) if self.use_sdpa else
                self._attention(tokens))  # (H*W, B, C_out)
         out = out.permute(1, 2, 0).reshape(b, -1, h, w)  # (B, C_out, H, W)
