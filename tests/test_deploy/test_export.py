@@ -88,6 +88,68 @@ def test_window_reverse_patch_equals_mmpretrain():
     assert ShiftWindowMSA.__dict__['window_reverse'] is original
 
 
+def _export_module(module, x, path):
+    """ONNX export of ``module(x)`` (batch dynamic) inside the export
+    patches; returns the ONNX Runtime session."""
+    from ris_plugins.deploy.export import ort_session
+    from ris_plugins.deploy.patches import export_patches
+    with torch.no_grad(), export_patches():
+        torch.onnx.export(module.eval(), (x, ), path, dynamo=False,
+                          opset_version=17, input_names=['x'],
+                          dynamic_axes={'x': {0: 'batch'}})
+    return ort_session(path, optimized_path=path + '.opt.onnx')
+
+
+def test_shift_window_mask_exports_as_a_constant(tmp_path):
+    """The shifted-window mask depends on H, W only: ONNX Runtime folds it
+    at load (without the patch its optimised graph of this block keeps 464
+    nodes, 9 ``ScatterND`` and 36 ``Range`` of them rebuilding the mask at
+    every run; with it, 91 and none), and the file still runs at any batch
+    size with torch's outputs."""
+    import onnx
+    from mmpretrain.models.utils.attention import ShiftWindowMSA
+
+    class Block(torch.nn.Module):
+
+        def __init__(self):
+            super().__init__()
+            self.attn = ShiftWindowMSA(16, 2, window_size=4, shift_size=2)
+
+        def forward(self, x):  # (B, 64, 16) on an 8x8 grid
+            return self.attn(x, (8, 8))
+
+    torch.manual_seed(0)
+    block, path = Block().eval(), str(tmp_path / 'block.onnx')
+    sess = _export_module(block, torch.randn(1, 64, 16), path)
+    ops = [n.op_type for n in onnx.load(path + '.opt.onnx').graph.node]
+    assert 'ScatterND' not in ops and 'Range' not in ops, ops
+    for b in (1, 3):
+        x = torch.randn(b, 64, 16)
+        out = sess.run(None, {'x': x.numpy()})[0]
+        torch.testing.assert_close(torch.from_numpy(out), block(x),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_cris_attention_pool_resize_folds(tmp_path):
+    """CRIS's attention pool resizes its positional table to the feature
+    size; exported at a fixed size, ONNX Runtime folds that Resize at load
+    (it cost 1.2 ms of CRIS-small's 13 ms per image before)."""
+    import onnx
+
+    from ris_plugins.models.backbones.clip_resnet import \
+        DenseAttentionPool2d
+    torch.manual_seed(0)
+    pool = DenseAttentionPool2d(4, 32, 4, 16).eval()
+    path = str(tmp_path / 'pool.onnx')
+    x = torch.randn(2, 32, 5, 5)
+    sess = _export_module(pool, x, path)
+    out = sess.run(None, {'x': x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(out), pool(x), rtol=1e-5,
+                               atol=1e-5)
+    optimized = [n.op_type for n in onnx.load(path + '.opt.onnx').graph.node]
+    assert 'Resize' not in optimized
+
+
 @pytest.mark.parametrize('norm,shape', [
     (torch.nn.InstanceNorm1d(5), (2, 5, 7)),
     (torch.nn.InstanceNorm1d(5), (5, 7)),  # unbatched
