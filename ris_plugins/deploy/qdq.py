@@ -81,6 +81,7 @@ from ..quantization.quantizers import (RORQQuantizer,
                                        TwinUniformGELUQuantizer,
                                        TwinUniformSoftmaxQuantizer,
                                        UniformQuantizer)
+from .bn_fold import conv_bn_pairs, fold_into
 from .embedding import check_embedding_mode, embedding_export_mode
 
 LOWERINGS = ('exact', 'int8')
@@ -286,7 +287,8 @@ def _linear_forward(layer, x: Tensor, rng, drq, rorq) -> Tensor:
 def _conv_forward(layer, x: Tensor, rng, drq, rorq) -> Tensor:
     x = lower_activation(layer.a_quantizer, x, drq, rorq)
     w = _weight_qdq(layer, transpose=False)
-    return _out(layer._conv_forward(x, w, layer.bias), rng)
+    bias = layer._buffers.get('_export_bias', layer.bias)  # BN folded in
+    return _out(layer._conv_forward(x, w, bias), rng)
 
 
 def _matmul_forward(layer, a: Tensor, b: Tensor, drq, rorq) -> Tensor:
@@ -330,7 +332,9 @@ def integer_layers(state: QuantState, drq: str = 'exact',
 def qdq_export_mode(state: QuantState,
                     output_ranges: Optional[Dict[str, Range]] = None,
                     drq: str = 'exact', rorq: str = 'exact',
-                    output_qdq: bool = True) -> Iterator[None]:
+                    output_qdq: bool = True,
+                    bn_folds: Optional[Dict[str, nn.Module]] = None
+                    ) -> Iterator[None]:
     """Make every quantized layer of ``state`` forward through exportable
     QDQ ops (module docstring) until the block exits.
 
@@ -341,6 +345,10 @@ def qdq_export_mode(state: QuantState,
         drq, rorq: 'exact' or 'int8' lowering of DRQ / RORQ quantizers.
         output_qdq: add the uint8 output QDQ to integer-capable Convs and
             2-D Linears (module docstring).
+        bn_folds: ``{Conv name: BatchNorm}`` from
+            :func:`~.bn_fold.conv_bn_pairs`: each BN is folded into its
+            Conv's weight scales and bias (:mod:`.bn_fold`) and runs as an
+            identity; the Conv's output range must then be the BN's.
 
     Raises:
         ValueError: an unknown lowering, an uncalibrated quantizer, or
@@ -353,7 +361,8 @@ def qdq_export_mode(state: QuantState,
             raise ValueError(f'quantizer {name!r} is not calibrated: '
                              'calibrate or load parameters before export')
     capable = integer_layers(state, drq, rorq)
-    patched = []
+    bn_folds = bn_folds or {}
+    patched, identities = [], []
     try:
         for name, layer in state.layers.items():
             rng = None
@@ -379,6 +388,12 @@ def qdq_export_mode(state: QuantState,
                 w, scale = _grid_weight(wq, layer.weight)
                 if layer.KIND == 'Linear':
                     w = w.t().contiguous()
+                if name in bn_folds:
+                    bn = bn_folds[name]
+                    w, scale, bias = fold_into(w, scale, layer.bias, bn)
+                    layer.register_buffer('_export_bias', bias)
+                    bn.forward = _identity
+                    identities.append(bn)
                 layer.register_buffer('_export_weight', w)
                 layer.register_buffer('_export_weight_scale', scale)
             layer.forward = fwd
@@ -387,15 +402,25 @@ def qdq_export_mode(state: QuantState,
     finally:
         for layer in patched:
             layer.__dict__.pop('forward', None)
-            layer._buffers.pop('_export_weight', None)
-            layer._buffers.pop('_export_weight_scale', None)
+            for buf in ('_export_weight', '_export_weight_scale',
+                        '_export_bias'):
+                layer._buffers.pop(buf, None)
+        for bn in identities:
+            bn.__dict__.pop('forward', None)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
 
 
 def collect_output_ranges(model: nn.Module, state: QuantState,
-                          inputs: Sequence[Sequence[Tensor]]
+                          inputs: Sequence[Sequence[Tensor]],
+                          bn_folds: Optional[Dict[str, nn.Module]] = None
                           ) -> Dict[str, Range]:
     """(min, max) of every quantized Linear / Conv output over ``inputs``
-    (a list of ``(img, tokens, mask)``), running the fake-quantized model.
+    (a list of ``(img, tokens, mask)``), running the fake-quantized model;
+    for a Conv in ``bn_folds`` (:func:`~.bn_fold.conv_bn_pairs`), of its
+    BatchNorm's output.
 
     Raises:
         ValueError: empty ``inputs`` or a non-finite output, naming the
@@ -414,7 +439,8 @@ def collect_output_ranges(model: nn.Module, state: QuantState,
             r[0], r[1] = min(r[0], lo), max(r[1], hi)
         return fn
 
-    handles = [layer.register_forward_hook(hook(name))
+    bn_folds = bn_folds or {}
+    handles = [bn_folds.get(name, layer).register_forward_hook(hook(name))
                for name, layer in state.layers.items()
                if layer.KIND != 'MatMul']
     try:
@@ -586,15 +612,18 @@ def export_qdq(model: nn.Module, state: QuantState,
     Returns:
         dict: ``folded`` (int8 / int4 weight counts), ``integer_capable``
         (Linear / Conv layers lowered to a fusable QDQ pattern),
-        ``linear_conv`` (quantized Linear / Conv layers), ``embeddings``
-        (``{table: 'int8' | 'int4 (block N)'}``, empty for 'float').
+        ``linear_conv`` (quantized Linear / Conv layers), ``bn_folded``
+        (BatchNorms folded into their Conv, :mod:`.bn_fold`),
+        ``embeddings`` (``{table: 'int8' | 'int4 (block N)'}``, empty for
+        'float').
     """
     import onnx
     from .export import export_onnx
     embedding = resolve_embedding(state, embedding, int4)
-    ranges = (collect_output_ranges(model, state, range_inputs)
+    folds = conv_bn_pairs(model, state, inputs)
+    ranges = (collect_output_ranges(model, state, range_inputs, folds)
               if output_qdq else None)
-    with qdq_export_mode(state, ranges, drq, rorq, output_qdq), \
+    with qdq_export_mode(state, ranges, drq, rorq, output_qdq, folds), \
             embedding_export_mode(model, embedding) as tables:
         export_onnx(model, inputs, path, constant_folding=False)
     graph_model = onnx.load(path)
@@ -602,4 +631,5 @@ def export_qdq(model: nn.Module, state: QuantState,
     onnx.save(graph_model, path)
     capable = integer_layers(state, drq, rorq)
     return dict(folded=folded, integer_capable=sum(capable.values()),
-                linear_conv=len(capable), embeddings=tables)
+                linear_conv=len(capable), bn_folded=len(folds),
+                embeddings=tables)
