@@ -59,10 +59,15 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
 
 
 def weights_sha256(model: nn.Module) -> str:
-    """SHA-256 over ``model.state_dict()``: every key, dtype, shape and the
-    raw bytes of every tensor, in key order (hex)."""
+    """SHA-256 over ``model.state_dict()`` (see :func:`tensors_sha256`)."""
+    return tensors_sha256(model.state_dict())
+
+
+def tensors_sha256(tensors: Dict[str, Tensor]) -> str:
+    """SHA-256 over a ``{key: Tensor}`` dict: every key, dtype, shape and
+    the raw bytes of every tensor, in key order (hex)."""
     digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
+    for key, value in sorted(tensors.items()):
         t = value.detach().cpu().contiguous().reshape(-1)
         digest.update(f'{key}|{t.dtype}|{tuple(value.shape)}|'.encode())
         digest.update(t.view(torch.uint8).numpy().tobytes())

@@ -67,7 +67,7 @@ def parse_args(argv=None):
     p.add_argument('--method', default='ptq4ris')
     p.add_argument('--drq', default='int8', choices=('exact', 'int8'),
                    help='DRQ lowering for the ORT settings')
-    p.add_argument('--rorq', default='exact', choices=('exact', 'int8'),
+    p.add_argument('--rorq', default='int8', choices=('exact', 'int8'),
                    help='RORQ lowering for the ORT settings')
     p.add_argument('--embedding', default='auto',
                    choices=('auto', 'float', 'int8', 'int4'),

@@ -11,10 +11,11 @@ Examples::
     python tools/analysis_tools/ptq_benchmark.py \\
         configs/demo/ris-baseline_r18-minilm_1xb16-2k_refshapes-160x160.py \\
         --naive-layers 2
-    # full LAVT (Swin-B, 480, BERT-base), 4 samples, extrapolate to 32
+    # full LAVT (Swin-B, 480, BERT-base), 32 samples, streamed caches
+    # (then --max-cache-mb none: every cache at once, same parameters)
     python tools/analysis_tools/ptq_benchmark.py \\
-        configs/lavt/lavt_swin-b_8xb4-40e_refcoco-480x480.py --samples 4 \\
-        --random-text-encoder
+        configs/lavt/lavt_swin-b_8xb4-40e_refcoco-480x480.py \\
+        --random-text-encoder --skip-sizes
 """
 import argparse
 import copy
@@ -29,6 +30,7 @@ from mmseg.utils import register_all_modules
 
 import ris_plugins  # noqa: F401
 from ris_plugins.quantization import calibrate, quantize_model, search_layer
+from ris_plugins.quantization.params import quant_state_dict, tensors_sha256
 from ris_plugins.quantization.report import model_size_mb
 from ris_plugins.quantization.settings import parse_bits
 from ris_plugins.utils.synthetic import synthetic_inputs
@@ -91,7 +93,21 @@ def naive_search(model, state, name, data) -> tuple:
     return torch.stack(errors).argmin(0), time.perf_counter() - start
 
 
-def main():
+def _cache_mb(value: str):
+    if value.lower() == 'none':
+        return None
+    try:
+        mb = float(value)
+    except ValueError:
+        mb = 0.0
+    if not mb > 0:
+        raise argparse.ArgumentTypeError(
+            f'--max-cache-mb must be a positive number of MiB or "none", '
+            f'got {value!r}')
+    return mb
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config')
     parser.add_argument('--checkpoint')
@@ -100,15 +116,16 @@ def main():
     parser.add_argument('--bits', default='w4a4')
     parser.add_argument('--random-text-encoder', action='store_true',
                         help='BERT-base with random weights (no download)')
-    parser.add_argument('--max-cache-mb', type=float, default=None,
-                        help='bound of the cached inputs held at once '
-                        '(streamed calibration); default: all at once')
+    parser.add_argument('--max-cache-mb', type=_cache_mb, default=2048.0,
+                        help='bound (MiB) of the cached inputs held at once '
+                        '(streamed calibration; default 2048 as in '
+                        'calibrate_on_dataset); "none": all at once')
     parser.add_argument('--skip-sizes', action='store_true',
                         help='do not report the model size per bit setting')
     parser.add_argument('--naive-layers', type=int, default=0,
                         help='text-encoder Linear layers to also search '
                         'with per-candidate full forwards')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     register_all_modules()
     torch.manual_seed(0)
     cfg, model = build(args)
@@ -132,7 +149,9 @@ def main():
           f'{len(state.layers)} layers in {groups} group(s) on '
           f'{len(data)} samples: ' +
           ', '.join(f'{k} {v:.1f} s' for k, v in times.items()) +
-          f'; peak RSS {peak_rss_mb():.0f} MiB (+{peak_rss_mb() - rss0:.0f})')
+          f'; peak RSS {peak_rss_mb():.0f} MiB (+{peak_rss_mb() - rss0:.0f})'
+          '; quantizer parameters sha256 '
+          f'{tensors_sha256(quant_state_dict(state))[:16]}')
     if args.naive_layers:
         compare(model, qc, data, args.naive_layers)
 
