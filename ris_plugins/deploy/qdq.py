@@ -445,8 +445,8 @@ def collect_output_ranges(model: nn.Module, state: QuantState,
                if layer.KIND != 'MatMul']
     try:
         with torch.no_grad():
-            for img, tokens, mask in inputs:
-                model(img, tokens, mask)
+            for args in inputs:  # (img, tokens, mask)
+                model(*args)
     finally:
         for h in handles:
             h.remove()

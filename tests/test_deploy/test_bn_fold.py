@@ -115,3 +115,54 @@ def test_tiny_model_export_has_no_batchnorm(tiny_model_cfg, tmp_path):
     # the export leaves the model as it was: BNs run again
     assert all('forward' not in m.__dict__ for m in model.modules()
                if isinstance(m, nn.BatchNorm2d))
+
+
+def test_negative_bn_weights_run_in_onnx_runtime(tmp_path):
+    """Conv -> BN (negative weights, so negative folded scales) -> ReLU ->
+    Conv -> BN: ONNX Runtime runs both as QLinearConv with no
+    BatchNormalization left, and its output stays as close to the
+    simulation as with the BNs kept in float."""
+    import onnx
+
+    from ris_plugins.deploy import ort_session
+    from ris_plugins.deploy.qdq import (collect_output_ranges,
+                                        fold_weight_quantizers,
+                                        qdq_export_mode)
+
+    g = torch.Generator().manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _random_bn(8, g),
+                        nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                        _random_bn(8, g)).eval()
+    assert (net[1].weight < 0).any() and (net[4].weight < 0).any()
+    state = quantize_model(net, dict(MINMAX, w_bits=8, a_bits=8))
+    xs = [torch.randn(2, 3, 12, 12, generator=g) for _ in range(4)]
+    calibrate(state, lambda i: net(xs[i]), range(4))
+    with torch.no_grad():
+        sim = net(xs[0])
+
+    def deployed(pairs, name):
+        ranges = collect_output_ranges(net, state, [(x, ) for x in xs],
+                                       pairs)
+        path = str(tmp_path / f'{name}.onnx')
+        with torch.no_grad(), qdq_export_mode(state, ranges, 'int8', 'int8',
+                                              True, pairs):
+            torch.onnx.export(net, (xs[0], ), path, dynamo=False,
+                              opset_version=17, input_names=['x'],
+                              do_constant_folding=False)
+        graph = onnx.load(path)
+        fold_weight_quantizers(graph)
+        onnx.save(graph, path)
+        sess = ort_session(path, optimized_path=path + '.opt.onnx')
+        ops = collections.Counter(
+            n.op_type for n in onnx.load(path + '.opt.onnx').graph.node)
+        out = torch.from_numpy(sess.run(None, {'x': xs[0].numpy()})[0])
+        return (out - sim).abs().mean().item(), ops
+
+    pairs = conv_bn_pairs(net, state, (xs[0], ))
+    assert set(pairs) == {'0', '3'}
+    err_folded, ops = deployed(pairs, 'folded')
+    err_float_bn, ops_float_bn = deployed({}, 'float_bn')
+    assert ops['QLinearConv'] == 2 and ops['BatchNormalization'] == 0, ops
+    assert ops_float_bn['BatchNormalization'] == 2, ops_float_bn
+    assert err_folded <= 1.5 * err_float_bn + 1e-6, (err_folded,
+                                                     err_float_bn)
