@@ -142,6 +142,7 @@ def main(argv=None) -> int:
         print(f'QDQ: weights stored {info["folded"]}; '
               f'{info["integer_capable"]} of {info["linear_conv"]} '
               'quantized Linear/Conv layers lowered for integer kernels; '
+              f'{info["bn_folded"]} BatchNorms folded into their Conv; '
               f'embedding tables {info["embeddings"] or "float"}')
     else:
         export_onnx(model, example, args.out)
