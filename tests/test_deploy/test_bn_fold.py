@@ -125,8 +125,8 @@ def test_negative_bn_weights_run_in_onnx_runtime(tmp_path):
     import onnx
 
     from ris_plugins.deploy import ort_session
+    from ris_plugins.deploy.onnx_graph import fold_weight_quantizers
     from ris_plugins.deploy.qdq import (collect_output_ranges,
-                                        fold_weight_quantizers,
                                         qdq_export_mode)
 
     g = torch.Generator().manual_seed(3)

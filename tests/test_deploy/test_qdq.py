@@ -14,8 +14,9 @@ import torch.nn as nn
 
 from mmseg.registry import MODELS
 from ris_plugins.deploy import ort_session, run_session
-from ris_plugins.deploy.qdq import (export_qdq, kernel_counts,
-                                    lower_activation, qdq_export_mode)
+from ris_plugins.deploy.onnx_graph import kernel_counts
+from ris_plugins.deploy.qdq import (export_qdq, lower_activation,
+                                    qdq_export_mode)
 from ris_plugins.quantization import calibrate, quantize_model
 from ris_plugins.quantization.quantizers import (RORQQuantizer,
                                                  TwinUniformGELUQuantizer,

@@ -33,7 +33,8 @@ from mmseg.utils import register_all_modules
 import ris_plugins  # noqa: F401
 from ris_plugins.deploy import export_onnx, max_abs_diff, ort_session
 from ris_plugins.deploy.embedding import EMBEDDING_MODES
-from ris_plugins.deploy.qdq import LOWERINGS, export_qdq, kernel_counts
+from ris_plugins.deploy.onnx_graph import kernel_counts
+from ris_plugins.deploy.qdq import LOWERINGS, export_qdq
 from ris_plugins.quantization import (file_sha256, load_quant_params,
                                       quantize_model, read_quant_params,
                                       resolved_quant_cfg)
