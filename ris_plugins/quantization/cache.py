@@ -6,6 +6,8 @@ so caches from several processes (DDP) merge in sample order
 (:func:`all_gather_caches`).  Which layers are cached is up to the caller
 (:mod:`.calibrate` caches one group of layers at a time).
 """
+import ctypes
+import ctypes.util
 import math
 from typing import Callable, Dict, List, Optional
 
@@ -13,6 +15,40 @@ import torch
 import torch.nn as nn
 from mmengine.dist import all_gather_object
 from torch import Tensor
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None on another C library."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6'
+                           ).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> bool:
+    """Hand the C allocator's free pages back to the OS (glibc
+    ``malloc_trim(0)``).
+
+    Calibration interleaves long-lived cached inputs with the forward's
+    short-lived activations, so glibc's heap cannot shrink when the
+    activations are freed, and every later forward or search grows it
+    further: streamed full-LAVT W4A4 calibration (32 samples, 2048 MiB
+    cache budget) grew the process by 4.6 GB with a cache of at most 2 GB.
+    Trimming after each forward and each calibrated layer keeps the
+    process near the memory it actually uses (2.6 GB there). Results do
+    not change.
+
+    Returns:
+        bool: whether memory could be trimmed (False without glibc).
+    """
+    if _MALLOC_TRIM is None:
+        return False
+    _MALLOC_TRIM(0)
+    return True
 
 
 def _even_indices(n: int, k: int) -> Tensor:

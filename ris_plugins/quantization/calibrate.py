@@ -32,7 +32,8 @@ from mmengine.dist import all_gather_object, get_dist_info
 from mmengine.logging import print_log
 from torch import Tensor
 
-from .cache import CallProbe, InputCache, all_gather_caches, plan_groups
+from .cache import (CallProbe, InputCache, all_gather_caches, plan_groups,
+                    release_free_memory)
 from .quantize import QuantState
 from .search import operands, search_layer, search_subset
 
@@ -115,6 +116,8 @@ def calibrate(state: QuantState,
             inputs = caches.merged(name)
             caches.caches[name] = None  # free as we go
             _calibrate_layer(layer, inputs, search, times)
+            del inputs
+            release_free_memory()
             done += 1
             if done % (log_interval * 4) == 0:
                 print_log(f'PTQ calibrate: {done}/{len(state.layers)} '
@@ -202,6 +205,7 @@ def _collect(layers: Dict[str, nn.Module], run_sample: Callable[[int], None],
                     run_sample(pos)
                 except _StopForward:
                     pass
+                release_free_memory()
                 if (i + 1) % log_interval == 0 or i + 1 == len(positions):
                     print_log(f'PTQ collect{label}: {i + 1}/'
                               f'{len(positions)} samples', logger='current')
