@@ -22,12 +22,14 @@ quantizer                              ONNX
 ``UniformQuantizer`` activations       per tensor: uint8 (asymmetric, zero
 (b <= 8)                               point z) or int8 (symmetric) QDQ;
                                        per channel / head: the same with
-                                       ``axis``; b < 8: a float Clip to the
+                                       ``axis`` (per tensor when there is
+                                       one head); b < 8: a float Clip to the
                                        b-bit grid's range first, so the
                                        8-bit container holds exactly the
                                        b-bit grid of the simulation
-DRQ-softmax (twin uniform)             ``drq='exact'``: two uint8 QDQ (fine
-                                       and coarse grid) and a Where (or the
+DRQ-softmax (twin uniform)             ``drq='exact'``: two QDQ (fine and
+                                       coarse grid, clamped by their 8-bit
+                                       containers) and a Where (or the
                                        faithful sum of clamps); ``'int8'``:
                                        one uint8 QDQ on [0, 1] (step 1/255)
 DRQ-GELU (twin uniform)                ``'exact'``: uint8 QDQ of the
@@ -124,18 +126,24 @@ def _fits(zero_point: Tensor, lo: int, hi: int) -> bool:
     return bool(((zero_point >= lo) & (zero_point <= hi)).all())
 
 
+def _per_tensor(q: UniformQuantizer) -> bool:
+    """Per tensor, or per channel / head with a single group (one scale
+    for the whole tensor: a 1-head attention operand)."""
+    return q.ch_axis is None or q.scale.numel() == 1
+
+
 def _uniform_act(q: UniformQuantizer, x: Tensor) -> Tensor:
     qmax = 2**(q.bits - 1)
-    scale = q.scale
+    scale = q.scale.reshape(()) if _per_tensor(q) else q.scale
     if q.symmetric:
         zp = torch.zeros_like(scale)
         lo, hi, signed = _const(-qmax, x), _const(qmax - 1, x), True
     else:
-        zp = q.zero_point
+        zp = q.zero_point.reshape(scale.shape)
         lo, hi, signed = _const(0, x), _const(2**q.bits - 1, x), False
         if not _fits(zp, 0, 255):  # faithful percentile: z may be < 0
             return q.quantize(x)
-    axis = q.ch_axis
+    axis = None if _per_tensor(q) else q.ch_axis
     if axis is not None:
         lo, hi = lo.expand_as(scale), hi.expand_as(scale)
     return _fq(x, scale, zp, lo, hi, axis, signed)
@@ -149,22 +157,32 @@ def _asym8(x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
 
 def _drq_softmax(q: TwinUniformSoftmaxQuantizer, x: Tensor,
                  mode: str) -> Tensor:
+    """DRQ-softmax: 'int8' one uint8 grid on [0, 1]; 'exact' the fine grid
+    (step s/q1) below the split s and the coarse grid (step 1/q1) above,
+    q1 = 2^(b-1) - 1, each a QDQ whose 8-bit container does the clamping
+    (no float Min / Max: codes of the fine grid below s are < q1 + 1/2, and
+    an int8 container saturates the coarse grid at 127 = q1 for 8 bits;
+    below 8 bits one float Min(x, 1) comes first)."""
     if mode == 'int8':
         return _asym8(x, _const(0, x), _const(1, x))
     q1 = 2**(q.bits - 1) - 1
     s = q.split.float()
-    zero, top = _const(0, x), _const(q1, x)
-
-    def fine(v: Tensor) -> Tensor:  # [0, s): step s/(q-1)
-        return _fq(v, s / q1, zero, zero, top, None, False)
-
-    def coarse(v: Tensor) -> Tensor:  # [s, 1]: step 1/(q-1)
-        return _fq(v, _const(1.0 / q1, x), zero, zero, top, None, False)
-
     if q.faithful:  # upstream sum of two clamped quantizers
-        return coarse(torch.clamp(torch.maximum(x, s), max=1.0)) + fine(
-            torch.minimum(torch.clamp(x, min=0.0), s))
-    return torch.where(x < s, fine(x), coarse(x))
+        return _qdq8(torch.clamp(torch.maximum(x, s), max=1.0), 1.0 / q1,
+                     signed=True) + _qdq8(
+                         torch.minimum(torch.clamp(x, min=0.0), s), s / q1)
+    high = x if q1 == 127 else torch.clamp(x, max=1.0)
+    return torch.where(x < s, _qdq8(x, s / q1),
+                       _qdq8(high, 1.0 / q1, signed=True))
+
+
+def _qdq8(x: Tensor, scale, signed: bool = False) -> Tensor:
+    """One QDQ with zero point 0 in an int8 (``signed``) or uint8
+    container."""
+    lo, hi = (-128, 127) if signed else (0, 255)
+    return torch.fake_quantize_per_tensor_affine(
+        x, torch.as_tensor(scale, dtype=torch.float32), torch.zeros(
+            (), dtype=torch.int32), lo, hi)
 
 
 def _drq_gelu(q: TwinUniformGELUQuantizer, x: Tensor, mode: str) -> Tensor:
@@ -222,7 +240,7 @@ def is_plain_qdq(q, drq: str = 'exact', rorq: str = 'exact') -> bool:
     if q is None or not q.enabled:
         return False
     if isinstance(q, UniformQuantizer):
-        return q.ch_axis is None and (q.symmetric or _fits(
+        return _per_tensor(q) and (q.symmetric or _fits(
             q.zero_point, 0, 255))
     if isinstance(q, (TwinUniformSoftmaxQuantizer,
                       TwinUniformGELUQuantizer)):
@@ -285,17 +303,40 @@ def _conv_forward(layer, x: Tensor, rng, drq, rorq) -> Tensor:
 
 
 def _matmul_forward(layer, a: Tensor, b: Tensor, drq, rorq) -> Tensor:
-    if not (is_plain_qdq(layer.a_quantizer, drq, rorq)
-            and is_plain_qdq(layer.b_quantizer, drq, rorq)):
+    qa, qb = layer.a_quantizer, layer.b_quantizer
+    if not (is_plain_qdq(qa, drq, rorq) and is_plain_qdq(qb, drq, rorq)):
         # The product runs in float (an operand per head, or lowered
         # exactly), so an 8-bit DRQ / RORQ operand would only round
         # differently, and ONNX Runtime would fuse it with a per-head
         # (N-D, per-axis) other operand into MatMulIntegerToFloat, which
         # rejects that zero point at run time (CRIS's VL decoder).
-        drq = rorq = 'exact'
-    a = lower_activation(layer.a_quantizer, a, drq, rorq)
-    b = lower_activation(layer.b_quantizer, b, drq, rorq)
+        a_fused = _per_head(qa, a) and _per_head(qb, b)
+        a = (_unfusable(qa, a) if a_fused else
+             lower_activation(qa, a, 'exact', 'exact'))
+        return a @ lower_activation(qb, b, 'exact', 'exact')
+    a = lower_activation(qa, a, drq, rorq)
+    b = lower_activation(qb, b, drq, rorq)
     return a @ b
+
+
+def _per_head(q, x: Tensor) -> bool:
+    """A per-head / per-channel UniformQuantizer of x along a batch-like
+    axis (not one of the last two, which the product contracts or keeps)."""
+    return (isinstance(q, UniformQuantizer) and q.enabled
+            and not _per_tensor(q) and 0 < q.ch_axis % x.dim() < x.dim() - 2)
+
+
+def _unfusable(q: UniformQuantizer, x: Tensor) -> Tensor:
+    """The per-head QDQ of x (..., N, d) applied with the last two dims
+    flattened, then reshaped back. ONNX Runtime fuses ``DequantizeLinear
+    -> MatMul`` with two per-head operands into ``MatMulIntegerToFloat``,
+    which rejects per-axis zero points at run time; the Reshape in between
+    (constant shapes, leading dim -1: the batch-dependent one) keeps the
+    product float and copies nothing."""
+    mid = [int(d) for d in x.shape[1:-2]]
+    n, d = int(x.shape[-2]), int(x.shape[-1])
+    flat = lower_activation(q, x.reshape(-1, *mid, n * d), 'exact', 'exact')
+    return flat.reshape(-1, *mid, n, d)
 
 
 def check_lowering(key: str, value: str) -> str:

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from mmseg.registry import MODELS
+from ris_plugins.models.utils.matmul import MatMul
 from ris_plugins.deploy import ort_session, run_session
 from ris_plugins.deploy.onnx_graph import kernel_counts
 from ris_plugins.deploy.qdq import (export_qdq, lower_activation,
@@ -66,12 +67,20 @@ def _quantizers():
         ('uniform sym 6b', UniformQuantizer(6), act),
         ('uniform per-head 5b',
          UniformQuantizer(5, granularity='head', ch_axis=1), heads),
+        ('uniform 1-head 8b',
+         UniformQuantizer(8, symmetric=False, granularity='head', ch_axis=1),
+         heads[:, :1]),
         ('drq-softmax 4b', TwinUniformSoftmaxQuantizer(4, faithful=False),
          probs),
-        ('drq-softmax faithful 8b', TwinUniformSoftmaxQuantizer(8), probs),
+        ('drq-softmax 8b', TwinUniformSoftmaxQuantizer(8, faithful=False),
+         probs),
+        ('drq-softmax faithful 4b',
+         TwinUniformSoftmaxQuantizer(4, faithful=True), probs),
+        ('drq-softmax faithful 8b',
+         TwinUniformSoftmaxQuantizer(8, faithful=True), probs),
         ('drq-gelu 4b', TwinUniformGELUQuantizer(4), gelu),
         ('rorq 4b', RORQQuantizer(4, faithful=False), text),
-        ('rorq faithful 8b', RORQQuantizer(8), text),
+        ('rorq faithful 8b', RORQQuantizer(8, faithful=True), text),
     ]
 
 
@@ -83,9 +92,10 @@ def test_lowering_reproduces_each_quantizer(case, tmp_path):
     up to one float32 rounding of the dequantized value (|y| * 2^-23)."""
     _, q, x = _quantizers()[case]
     q = _calibrated(q, x)
-    probe = torch.cat([x.flatten(), torch.linspace(-5, 50, 997)])
-    probe = probe.reshape(-1, *x.shape[1:]) if x.dim() > 1 and \
-        probe.numel() % x[0].numel() == 0 else x
+    # x, then out-of-range values (x < 0, x > 1 for softmax inputs) in
+    # whole rows of x's shape
+    extra = torch.linspace(-5, 50, 5 * x[0].numel())
+    probe = torch.cat([x.flatten(), extra]).reshape(-1, *x.shape[1:])
     out = _ort_of(_Lowered(q), probe, str(tmp_path / 'q.onnx'))
     ref = q.quantize(probe)
     tol = 4 * torch.finfo(torch.float32).eps * ref.abs().max().item() + 1e-7
@@ -251,3 +261,60 @@ def test_qdq_export_of_every_ptq_demo_config(config, tmp_path):
         ref = model(*inputs[1])
     assert logits.shape == tuple(ref.shape)
     assert torch.isfinite(torch.from_numpy(logits)).all()
+
+
+class _Attention(nn.Module):
+    """softmax(q kᵀ) v with the products as ``MatMul`` children (as in
+    PixelWordAttention); q, k, v (B, h, N, d)."""
+
+    def __init__(self):
+        super().__init__()
+        self.matmul1 = MatMul()
+        self.matmul2 = MatMul()
+
+    def forward(self, q, k, v):
+        return self.matmul2(self.matmul1(q, k.transpose(-1, -2)).softmax(-1),
+                            v)
+
+
+@pytest.mark.parametrize('heads,drq,kernels', [
+    (1, 'int8', (2, 0)), (1, 'exact', (1, 1)), (2, 'int8', (0, 2))])
+def test_per_head_attention_products(heads, drq, kernels, tmp_path):
+    """PTQ4RIS quantizes vision attention operands per head. With one head
+    that is one scale for the tensor, so the products lower to per-tensor
+    QDQ and run as integer kernels (LAVT's PWAMs, Swin stage 1 of
+    LAVT-small; ``softmax(.) V`` too when its DRQ operand is lowered
+    'int8'); with more heads they stay float, and ONNX Runtime must not
+    fuse the per-head operands into MatMulIntegerToFloat (it rejects
+    per-axis zero points at run time). Lowered 'exact', ONNX Runtime gives
+    the simulation's values (only float32 summation order differs)."""
+    torch.manual_seed(0)
+    model = _Attention().eval()
+    state = quantize_model(model, dict(w_bits=8, a_bits=8, global_qconfig=dict(
+        m_qscheme=dict(type='UniformQuantizer', symmetric=False,
+                       granularity='head', ch_axis=1)), rules=[
+            dict(pattern='matmul2', types=['MatMul'], a_qscheme=dict(
+                type='TwinUniformSoftmaxQuantizer'))]))
+    inputs = [tuple(torch.randn(2, heads, 16, 8) for _ in range(3))
+              for _ in range(3)]
+    calibrate(state, lambda i: model(*inputs[i]), range(3))
+    path, opt = str(tmp_path / 'attn.onnx'), str(tmp_path / 'opt.onnx')
+    with qdq_export_mode(state, drq=drq), torch.no_grad():
+        torch.onnx.export(model, inputs[0], path, dynamo=False,
+                          opset_version=17, input_names=['q', 'k', 'v'],
+                          do_constant_folding=False)
+    sess = ort.InferenceSession(path, _optimized_to(opt),
+                                providers=['CPUExecutionProvider'])
+    with torch.no_grad():
+        ref = model(*inputs[1])
+    out = sess.run(None, dict(zip('qkv', (t.numpy() for t in inputs[1]))))
+    if drq == 'exact' or heads > 1:
+        assert (torch.from_numpy(out[0]) - ref).abs().max() < 1e-5
+    counts = kernel_counts(opt)
+    assert (counts['integer'], counts['float']) == kernels, counts
+
+
+def _optimized_to(path):
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = path
+    return opts
