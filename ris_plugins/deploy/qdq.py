@@ -36,6 +36,12 @@ DRQ-GELU (twin uniform)                ``'exact'``: uint8 QDQ of the
                                        positive part + int8 QDQ of the
                                        negative part, summed; ``'int8'``: one
                                        uint8 QDQ on [-0.17, (q-1)·Δ+]
+attention operands per head            ``heads='exact'``: per-axis QDQ
+                                       (the product runs in float);
+                                       ``'int8'``: one uint8 QDQ over the
+                                       union of the heads' grid ranges
+                                       (the product runs as an integer
+                                       kernel)
 RORQ (banded)                          ``rorq='exact'``: the banded
                                        arithmetic traced as float ops
                                        (band id from the thresholds, Gather
@@ -59,6 +65,9 @@ C) tokens) with a float output as ``MatMulIntegerToFloat``, so those
 outputs stay float as in the simulation. It fuses ``DQ -> Conv`` into
 ``QLinearConv``, and a Linear on (B, C) vectors (which it first turns into
 a Gemm) into ``QGemm``, only when the output is quantized too (``-> Q``).
+A 1x1 Conv1d on (B, C, N) tokens (LAVT's PWAM) is exported as the token
+Linear it is (``DQ -> MatMul``), so it gets ``MatMulIntegerToFloat`` and no
+output requantization.
 :func:`collect_output_ranges` therefore measures each quantized Linear /
 Conv output on calibration inputs and the export adds a uint8 output QDQ
 (min-max range) to those Convs and 2-D Linears whose input is a per-tensor
@@ -208,7 +217,7 @@ def _rorq(q: RORQQuantizer, x: Tensor, mode: str) -> Tensor:
 
 
 def lower_activation(q, x: Tensor, drq: str = 'exact',
-                     rorq: str = 'exact') -> Tensor:
+                     rorq: str = 'exact', heads: str = 'exact') -> Tensor:
     """x through quantizer ``q`` as ONNX-exportable QDQ ops (see the module
     docstring); ``q=None`` (FP input) returns x.
 
@@ -224,6 +233,8 @@ def lower_activation(q, x: Tensor, drq: str = 'exact',
                          'quantizers have no 8-bit ONNX lowering (<= 8 bits '
                          'only)')
     if isinstance(q, UniformQuantizer):
+        if heads == 'int8' and not _per_tensor(q):
+            return _heads_union(q, x)
         return _uniform_act(q, x)
     if isinstance(q, TwinUniformSoftmaxQuantizer):
         return _drq_softmax(q, x, drq)
@@ -234,14 +245,16 @@ def lower_activation(q, x: Tensor, drq: str = 'exact',
     raise ValueError(f'{q.name}: no ONNX lowering for {type(q).__name__}')
 
 
-def is_plain_qdq(q, drq: str = 'exact', rorq: str = 'exact') -> bool:
+def is_plain_qdq(q, drq: str = 'exact', rorq: str = 'exact',
+                 heads: str = 'exact') -> bool:
     """Whether ``q`` lowers to one per-tensor QDQ pair in an 8-bit
     container (what ONNX Runtime fuses into integer kernels)."""
     if q is None or not q.enabled:
         return False
     if isinstance(q, UniformQuantizer):
-        return _per_tensor(q) and (q.symmetric or _fits(
-            q.zero_point, 0, 255))
+        if not _per_tensor(q):
+            return heads == 'int8'
+        return q.symmetric or _fits(q.zero_point, 0, 255)
     if isinstance(q, (TwinUniformSoftmaxQuantizer,
                       TwinUniformGELUQuantizer)):
         return drq == 'int8'
@@ -295,16 +308,40 @@ def _linear_forward(layer, x: Tensor, rng, drq, rorq) -> Tensor:
     return _out(y, rng) if x.dim() == 2 else y  # QGemm wants a Q output
 
 
-def _conv_forward(layer, x: Tensor, rng, drq, rorq) -> Tensor:
+def _conv_forward(layer, x: Tensor, rng, drq, rorq,
+                  token: bool = False) -> Tensor:
+    if token:  # a 1x1 Conv1d as a Linear: (B, C_in, N) -> (B, C_out, N)
+        x = lower_activation(layer.a_quantizer, x.transpose(1, 2), drq,
+                             rorq)
+        y = torch.matmul(x, _weight_qdq(layer, transpose=True))
+        bias = layer._buffers.get('_export_bias', layer.bias)
+        return (y if bias is None else y + bias).transpose(1, 2)
     x = lower_activation(layer.a_quantizer, x, drq, rorq)
     w = _weight_qdq(layer, transpose=False)
     bias = layer._buffers.get('_export_bias', layer.bias)  # BN folded in
     return _out(layer._conv_forward(x, w, bias), rng)
 
 
-def _matmul_forward(layer, a: Tensor, b: Tensor, drq, rorq) -> Tensor:
+def _token_conv(layer, drq: str = 'exact', rorq: str = 'exact') -> bool:
+    """A quantized 1x1 Conv1d (stride 1, no padding, one group) with a
+    per-tensor input: a Linear on the (B, C, N) tokens, exported as one
+    (``DQ -> MatMul``, W^T per output column) so ONNX Runtime runs it as
+    ``MatMulIntegerToFloat`` with a float output, like a token Linear. As
+    a Conv it would need an output requantization for ``QLinearConv`` and
+    ONNX Runtime's channels-last integer convolution would move the
+    following float ops (PWAM's InstanceNorm) to a slower layout."""
+    return (isinstance(layer, nn.Conv1d) and layer.kernel_size == (1, )
+            and layer.stride == (1, ) and layer.padding in ((0, ), 'valid')
+            and layer.dilation == (1, ) and layer.groups == 1
+            and layer.w_quantizer is not None and layer.w_quantizer.enabled
+            and is_plain_qdq(layer.a_quantizer, drq, rorq))
+
+
+def _matmul_forward(layer, a: Tensor, b: Tensor, drq, rorq,
+                    heads) -> Tensor:
     qa, qb = layer.a_quantizer, layer.b_quantizer
-    if not (is_plain_qdq(qa, drq, rorq) and is_plain_qdq(qb, drq, rorq)):
+    if not (is_plain_qdq(qa, drq, rorq, heads)
+            and is_plain_qdq(qb, drq, rorq, heads)):
         # The product runs in float (an operand per head, or lowered
         # exactly), so an 8-bit DRQ / RORQ operand would only round
         # differently, and ONNX Runtime would fuse it with a per-head
@@ -314,9 +351,22 @@ def _matmul_forward(layer, a: Tensor, b: Tensor, drq, rorq) -> Tensor:
         a = (_unfusable(qa, a) if a_fused else
              lower_activation(qa, a, 'exact', 'exact'))
         return a @ lower_activation(qb, b, 'exact', 'exact')
-    a = lower_activation(qa, a, drq, rorq)
-    b = lower_activation(qb, b, drq, rorq)
+    a = lower_activation(qa, a, drq, rorq, heads)
+    b = lower_activation(qb, b, drq, rorq, heads)
     return a @ b
+
+
+def _heads_union(q: UniformQuantizer, x: Tensor) -> Tensor:
+    """A per-head (per-channel) quantizer lowered ``heads='int8'``: one
+    uint8 per-tensor QDQ over the union of the heads' grid ranges, so the
+    product can run as an integer kernel."""
+    if q.symmetric:
+        qmax = 2**(q.bits - 1)
+        lo, hi = -qmax * q.scale, (qmax - 1) * q.scale
+    else:
+        lo = -q.zero_point * q.scale
+        hi = (2**q.bits - 1 - q.zero_point) * q.scale
+    return _asym8(x, lo.min().detach().float(), hi.max().detach().float())
 
 
 def _per_head(q, x: Tensor) -> bool:
@@ -367,8 +417,8 @@ def qdq_export_mode(state: QuantState,
                     output_ranges: Optional[Dict[str, Range]] = None,
                     drq: str = 'exact', rorq: str = 'exact',
                     output_qdq: bool = True,
-                    bn_folds: Optional[Dict[str, nn.Module]] = None
-                    ) -> Iterator[None]:
+                    bn_folds: Optional[Dict[str, nn.Module]] = None,
+                    heads: str = 'exact') -> Iterator[None]:
     """Make every quantized layer of ``state`` forward through exportable
     QDQ ops (module docstring) until the block exits.
 
@@ -377,6 +427,10 @@ def qdq_export_mode(state: QuantState,
         output_ranges: ``{layer: (min, max)}`` from
             :func:`collect_output_ranges`; needed when ``output_qdq``.
         drq, rorq: 'exact' or 'int8' lowering of DRQ / RORQ quantizers.
+        heads: 'exact' (per-axis QDQ; the product runs in float) or
+            'int8' (one uint8 grid over the union of the heads' ranges;
+            the product runs as an integer kernel) lowering of attention
+            operands quantized per head.
         output_qdq: add the uint8 output QDQ to integer-capable Convs and
             2-D Linears (module docstring).
         bn_folds: ``{Conv name: BatchNorm}`` from
@@ -390,44 +444,51 @@ def qdq_export_mode(state: QuantState,
     """
     check_lowering('drq', drq)
     check_lowering('rorq', rorq)
+    check_lowering('heads', heads)
     for name, q in state.quantizers():
         if not q.calibrated:
             raise ValueError(f'quantizer {name!r} is not calibrated: '
                              'calibrate or load parameters before export')
     capable = integer_layers(state, drq, rorq)
+    token_convs = {name: _token_conv(layer, drq, rorq)
+                   for name, layer in state.layers.items()
+                   if layer.KIND == 'Conv'}
     bn_folds = bn_folds or {}
     patched, identities = [], []
     try:
         for name, layer in state.layers.items():
             rng = None
-            if output_qdq and capable.get(name):
+            if output_qdq and capable.get(name) and not token_convs.get(
+                    name):
                 if output_ranges is None or name not in output_ranges:
                     raise ValueError(f'no output range for layer {name!r}:'
                                      ' run collect_output_ranges first')
                 rng = output_ranges[name]
             if layer.KIND == 'MatMul':
                 fwd = (lambda a, b, _l=layer: _matmul_forward(
-                    _l, a, b, drq, rorq))
+                    _l, a, b, drq, rorq, heads))
             elif layer.KIND == 'Linear':
                 fwd = (lambda x, _l=layer, _r=rng: _linear_forward(
                     _l, x, _r, drq, rorq))
             else:
-                fwd = (lambda x, _l=layer, _r=rng: _conv_forward(
-                    _l, x, _r, drq, rorq))
+                fwd = (lambda x, _l=layer, _r=rng, _t=token_convs[name]:
+                       _conv_forward(_l, x, _r, drq, rorq, _t))
             wq = getattr(layer, 'w_quantizer', None)
             if wq is not None and wq.enabled:
                 # persistent buffers (the exporter's initializers), not
                 # constants: the tracer folds a QuantizeLinear of a
                 # constant back into float weights
                 w, scale = _grid_weight(wq, layer.weight)
-                if layer.KIND == 'Linear':
-                    w = w.t().contiguous()
                 if name in bn_folds:
                     bn = bn_folds[name]
                     w, scale, bias = fold_into(w, scale, layer.bias, bn)
                     layer.register_buffer('_export_bias', bias)
                     bn.forward = _identity
                     identities.append(bn)
+                if layer.KIND == 'Linear':
+                    w = w.t().contiguous()
+                elif token_convs.get(name):
+                    w = w[..., 0].t().contiguous()  # (C_in, C_out)
                 layer.register_buffer('_export_weight', w)
                 layer.register_buffer('_export_weight_scale', scale)
             layer.forward = fwd
@@ -509,7 +570,7 @@ def export_qdq(model: nn.Module, state: QuantState,
                range_inputs: Sequence[Sequence[Tensor]],
                drq: str = 'exact', rorq: str = 'exact',
                output_qdq: bool = True, int4: bool = True,
-               embedding: str = 'auto') -> dict:
+               embedding: str = 'auto', heads: str = 'exact') -> dict:
     """Export the calibrated fake-quantized ``model`` as a QDQ ONNX file.
 
     Args:
@@ -518,7 +579,7 @@ def export_qdq(model: nn.Module, state: QuantState,
         path: output ``.onnx`` file.
         range_inputs: calibration inputs for the output ranges
             (:func:`collect_output_ranges`; unused when not ``output_qdq``).
-        drq, rorq, output_qdq, int4: see :func:`qdq_export_mode` and
+        drq, rorq, heads, output_qdq, int4: see :func:`qdq_export_mode` and
             :func:`fold_weight_quantizers`.
         embedding: storage of the word-embedding tables
             (:mod:`.embedding`): 'auto' (default: int4 for <= 4-bit
@@ -539,7 +600,8 @@ def export_qdq(model: nn.Module, state: QuantState,
     folds = conv_bn_pairs(model, state, inputs)
     ranges = (collect_output_ranges(model, state, range_inputs, folds)
               if output_qdq else None)
-    with qdq_export_mode(state, ranges, drq, rorq, output_qdq, folds), \
+    with qdq_export_mode(state, ranges, drq, rorq, output_qdq, folds,
+                         heads), \
             embedding_export_mode(model, embedding) as tables:
         export_onnx(model, inputs, path, constant_folding=False)
     graph_model = onnx.load(path)

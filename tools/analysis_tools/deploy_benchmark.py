@@ -69,6 +69,9 @@ def parse_args(argv=None):
                    help='DRQ lowering for the ORT settings')
     p.add_argument('--rorq', default='int8', choices=('exact', 'int8'),
                    help='RORQ lowering for the ORT settings')
+    p.add_argument('--heads', default='int8', choices=('exact', 'int8'),
+                   help='lowering of per-head attention operands for the '
+                   'ORT settings')
     p.add_argument('--embedding', default='auto',
                    choices=('auto', 'float', 'int8', 'int4'),
                    help='word-embedding tables of the ORT quantized files '
@@ -189,7 +192,7 @@ def prepare(name, cfg_path, ckpt, args) -> dict:
             info[setting] = export_qdq(
                 model, state, example, path,
                 range_inputs(model, cfg, ckpt, args.calib_samples),
-                drq=args.drq, rorq=args.rorq,
+                drq=args.drq, rorq=args.rorq, heads=args.heads,
                 embedding=args.embedding)
         else:  # the FP weights + the calibrated parameters
             path = osp.join(out, f'{BITS[setting]}.pth')

@@ -60,6 +60,10 @@ def parse_args(argv=None):
                    help='DRQ (twin-uniform) lowering (default: int8)')
     p.add_argument('--rorq', choices=LOWERINGS, default='int8',
                    help='RORQ (banded) lowering (default: int8)')
+    p.add_argument('--heads', choices=LOWERINGS, default='int8',
+                   help='attention operands quantized per head: int8 = one '
+                   '8-bit grid over the heads (integer product), exact = '
+                   'per-head QDQ (float product) (default: int8)')
     p.add_argument('--no-output-qdq', action='store_true',
                    help='no output requantization (layers then run float)')
     p.add_argument('--no-int4', action='store_true',
@@ -137,7 +141,7 @@ def main(argv=None) -> int:
         calib = ([] if args.no_output_qdq else
                  range_inputs(cfg, model, args.range_samples))
         info = export_qdq(model, state, example, args.out, calib,
-                          drq=args.drq, rorq=args.rorq,
+                          drq=args.drq, rorq=args.rorq, heads=args.heads,
                           output_qdq=not args.no_output_qdq,
                           int4=not args.no_int4, embedding=args.embedding)
         print(f'QDQ: weights stored {info["folded"]}; '
